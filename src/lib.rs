@@ -1,0 +1,8 @@
+//! offramp: a CDS Hooks service that measures benzodiazepine / Z-drug exposure and opioid
+//! co-prescription risk from the EHR's own data.
+//!
+//! `clinical` is the pure core (knowledge base, medication resolution, dose, exposure); the
+//! service layers of ../shared/docs/architecture.md (http, auth, hooks, fhir, store) build on it.
+
+pub mod clinical;
+pub mod knowledge_files;
