@@ -183,3 +183,84 @@ fn an_empty_history_is_never_active() {
 }
 
 use chrono::Datelike;
+
+/// Arbitrary JSON, including values shaped like medication resources with wrong types, nulls
+/// and odd dates: reading and exposure must never panic, and a malformed resource is skipped.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::json!(f)),
+        any::<i64>().prop_map(|i| serde_json::json!(i)),
+        prop_oneof![
+            Just("2026-11-01".to_string()),
+            Just("2026-02-30".to_string()),
+            Just("2026-11-01T10:00:00".to_string()),
+            Just("308048".to_string()),
+            Just("http://www.nlm.nih.gov/research/umls/rxnorm".to_string()),
+            Just("mg".to_string()),
+            Just("BID".to_string()),
+            ".{0,12}",
+        ]
+        .prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 6, |inner| {
+        let keys = prop_oneof![
+            Just("resourceType"),
+            Just("status"),
+            Just("medicationCodeableConcept"),
+            Just("coding"),
+            Just("system"),
+            Just("code"),
+            Just("dosageInstruction"),
+            Just("doseAndRate"),
+            Just("doseQuantity"),
+            Just("timing"),
+            Just("repeat"),
+            Just("value"),
+            Just("unit"),
+            Just("daysSupply"),
+            Just("whenHandedOver"),
+            Just("authoredOn"),
+            Just("quantity"),
+            Just("effectivePeriod"),
+            Just("start"),
+            Just("end"),
+            Just("dispenseRequest"),
+            Just("medicationReference"),
+            Just("reference"),
+            Just("contained"),
+            Just("entry"),
+            Just("resource"),
+            Just("frequency"),
+            Just("period"),
+            Just("periodUnit"),
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::vec((keys, inner), 0..6).prop_map(|kv| {
+                serde_json::Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_json_never_panics(v in json_value(), kind in 0usize..3) {
+        let mut v = v;
+        if let serde_json::Value::Object(m) = &mut v {
+            let t = ["MedicationRequest", "MedicationDispense", "MedicationStatement"][kind];
+            m.insert("resourceType".into(), serde_json::Value::String(t.into()));
+        }
+        let bundle = serde_json::json!({"resourceType": "Bundle", "entry": [{"resource": v}, {"resource": 7}]});
+        let h = offramp::clinical::history::read_history(&[&bundle]);
+        prop_assert!(h.skipped >= 1, "the numeric entry is counted as skipped");
+        let _ = run(&h.records, 30);
+    }
+}
