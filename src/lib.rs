@@ -4,5 +4,10 @@
 //! `clinical` is the pure core (knowledge base, medication resolution, dose, exposure); the
 //! service layers of ../shared/docs/architecture.md (http, auth, hooks, fhir, store) build on it.
 
+pub mod cards;
 pub mod clinical;
+pub mod hooks;
 pub mod knowledge_files;
+pub mod plans;
+pub mod protocol;
+pub mod rules;

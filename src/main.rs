@@ -26,6 +26,17 @@ struct Cli {
 enum Command {
     /// Load and validate the knowledge tables, then print what they hold.
     CheckKnowledge,
+    /// Evaluate a CDS Hooks request file offline (prefetch only) and print the response JSON.
+    Evaluate {
+        /// A CDS Hooks request (order-select or order-sign) with prefetch.
+        request: PathBuf,
+        /// The day to evaluate on (YYYY-MM-DD); defaults to today.
+        #[arg(long)]
+        today: Option<NaiveDate>,
+        /// Service id; defaults to offramp-<hook>.
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Print the medication exposure computed from FHIR JSON files (Bundles or resources).
     Exposure {
         /// FHIR JSON files: Bundles, arrays of resources, or single resources.
@@ -47,10 +58,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckKnowledge => {
-            println!("knowledge ok: {}", kb.summary());
-            ExitCode::SUCCESS
-        }
+        Command::CheckKnowledge => print_out(&format!("knowledge ok: {}", kb.summary())),
+        Command::Evaluate {
+            request,
+            today,
+            service,
+        } => evaluate(&kb, &request, today, service),
         Command::Exposure { files, today } => {
             let mut docs = Vec::new();
             for f in &files {
@@ -79,15 +92,59 @@ fn main() -> ExitCode {
                 "exposure": exp,
             });
             match serde_json::to_string_pretty(&out) {
-                Ok(s) => {
-                    println!("{s}");
-                    ExitCode::SUCCESS
-                }
+                Ok(s) => print_out(&s),
                 Err(e) => {
                     eprintln!("offramp: {e}");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn evaluate(
+    kb: &offramp::clinical::Knowledge,
+    path: &std::path::Path,
+    today: Option<NaiveDate>,
+    service: Option<String>,
+) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("offramp: {}: {msg}", path.display());
+        ExitCode::from(2)
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    let req: offramp::protocol::CdsRequest = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("not a CDS Hooks request: {e}")),
+    };
+    let catalogue = match offramp::protocol::Discovery::embedded() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("service catalogue: {e}")),
+    };
+    let service = service.unwrap_or_else(|| format!("offramp-{}", req.hook));
+    let today = today.unwrap_or_else(|| chrono::Local::now().date_naive());
+    match offramp::hooks::evaluate_request(kb, &catalogue, &service, &req, today) {
+        Ok(out) => match serde_json::to_string_pretty(&out.response) {
+            Ok(s) => print_out(&s),
+            Err(e) => fail(e.to_string()),
+        },
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(s: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("offramp: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -355,6 +355,14 @@ pub struct TaperThresholds {
     pub slow_after_use_days: Sourced<u32>,
     pub follow_up_after_reduction_days: Sourced<u32>,
     pub follow_up_with_opioid_days: Sourced<u32>,
+    pub max_units_per_day: Sourced<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NaloxoneDefaults {
+    /// The naloxone product offered on co-prescription cards.
+    pub preferred_rxcui: Sourced<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -374,6 +382,7 @@ pub struct Thresholds {
     pub on_ramp: OnRampThresholds,
     pub taper: TaperThresholds,
     pub snooze: SnoozeThresholds,
+    pub naloxone: NaloxoneDefaults,
 }
 
 impl Thresholds {
@@ -488,6 +497,19 @@ impl Knowledge {
             parse_conditions(name, get(name)?, &mut conditions)?;
         }
         let thresholds = parse_thresholds("thresholds.toml", get("thresholds.toml")?)?;
+        let naloxone = thresholds.naloxone.preferred_rxcui.value;
+        let is_naloxone = RxCui::parse(&naloxone.to_string())
+            .and_then(|r| medications.get(&r))
+            .is_some_and(|m| m.class == DrugClass::Naloxone);
+        if !is_naloxone {
+            return Err(err(
+                "thresholds.toml",
+                0,
+                format!(
+                    "naloxone.preferred_rxcui {naloxone} is not a naloxone product in medications.csv"
+                ),
+            ));
+        }
         Ok(Knowledge {
             ingredients,
             medications,
@@ -541,6 +563,39 @@ impl Knowledge {
 
     pub fn thresholds(&self) -> &Thresholds {
         &self.thresholds
+    }
+
+    /// The naloxone product offered on cards (validated at load to be a naloxone product).
+    pub fn preferred_naloxone(&self) -> Option<&Medication> {
+        RxCui::parse(&self.thresholds.naloxone.preferred_rxcui.value.to_string())
+            .and_then(|r| self.medications.get(&r))
+    }
+
+    /// Oral immediate-release single-ingredient tablets and capsules (SCD) of an ingredient: the
+    /// products a taper can be made from.
+    pub fn oral_units_of(&self, ingredient: RxCui) -> Vec<&Medication> {
+        let mut out: Vec<&Medication> = self
+            .medications
+            .values()
+            .filter(|m| {
+                m.tty == TermType::Scd
+                    && m.route == Route::Oral
+                    && m.release == Release::Immediate
+                    && m.opens_episode()
+                    && m.ingredients.len() == 1
+                    && m.ingredients[0].ingredient == ingredient
+                    && m.ingredients[0]
+                        .strength
+                        .is_some_and(|s| s.unit == StrengthUnit::Mg)
+                    && (m.dose_form.ends_with("Oral Tablet")
+                        || m.dose_form.ends_with("Oral Capsule"))
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            let s = |m: &Medication| m.ingredients[0].strength.map_or(0.0, |s| s.amount);
+            s(a).total_cmp(&s(b)).then(a.rxcui.cmp(&b.rxcui))
+        });
+        out
     }
 
     /// A one-line summary for `offramp check-knowledge`.

@@ -7,6 +7,7 @@ pub mod exposure;
 pub mod fhir_read;
 pub mod history;
 pub mod knowledge;
+pub mod patient;
 pub mod record;
 
 pub use codes::{DiazepamMg, DrugClass, Mme, RxCui};

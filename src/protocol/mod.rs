@@ -1,0 +1,382 @@
+//! CDS Hooks 2.0 wire types (serde only). Optional fields are omitted, never null; unknown fields
+//! (CDS Hooks 3.0 additions) are accepted and ignored.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// A card summary: at most 140 characters, checked at construction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Summary(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("summary has {0} characters; CDS Hooks allows fewer than 140")]
+pub struct SummaryTooLong(pub usize);
+
+impl Summary {
+    pub const MAX_CHARS: usize = 140;
+
+    pub fn new(s: impl Into<String>) -> Result<Self, SummaryTooLong> {
+        let s = s.into();
+        let n = s.chars().count();
+        if n > Self::MAX_CHARS {
+            Err(SummaryTooLong(n))
+        } else {
+            Ok(Summary(s))
+        }
+    }
+
+    /// Shortens with an ellipsis when needed, so a long drug name never breaks a card.
+    pub fn truncate(s: &str) -> Self {
+        if s.chars().count() <= Self::MAX_CHARS {
+            return Summary(s.to_string());
+        }
+        let mut out: String = s.chars().take(Self::MAX_CHARS - 1).collect();
+        out.push('…');
+        Summary(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Summary {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Summary::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The hook call. `context` and `prefetch` stay JSON: each piece is read leniently later.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CdsRequest {
+    pub hook: String,
+    pub hook_instance: String,
+    #[serde(default)]
+    pub fhir_server: Option<String>,
+    #[serde(default)]
+    pub fhir_authorization: Option<FhirAuthorization>,
+    pub context: Map<String, Value>,
+    #[serde(default)]
+    pub prefetch: Option<Map<String, Value>>,
+}
+
+/// fhirAuthorization; `Debug` never shows the token.
+#[derive(Clone, Deserialize)]
+pub struct FhirAuthorization {
+    pub access_token: String,
+    pub token_type: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    pub subject: String,
+    #[serde(default)]
+    pub patient: Option<String>,
+}
+
+impl fmt::Debug for FhirAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FhirAuthorization")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// order-select and order-sign context (order-sign has no selections).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderContext {
+    pub user_id: String,
+    pub patient_id: String,
+    #[serde(default)]
+    pub encounter_id: Option<String>,
+    #[serde(default)]
+    pub selections: Option<Vec<String>>,
+    /// A Bundle; absent when a client re-fires the hook with nothing drafted.
+    #[serde(default)]
+    pub draft_orders: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CdsResponse {
+    pub cards: Vec<Card>,
+    #[serde(
+        default,
+        rename = "systemActions",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub system_actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Indicator {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Card {
+    pub uuid: String,
+    pub summary: Summary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub indicator: Indicator,
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<Suggestion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_behavior: Option<SelectionBehavior>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub override_reasons: Vec<Coding>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Coding>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectionBehavior {
+    AtMostOne,
+    Any,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Suggestion {
+    pub label: String,
+    pub uuid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_recommended: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionType {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    #[serde(rename = "type")]
+    pub kind: ActionType,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Value>,
+    /// Relative references ("MedicationRequest/123"), for delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_id: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct Coding {
+    pub system: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkType {
+    Absolute,
+    Smart,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Link {
+    pub label: String,
+    pub url: String,
+    #[serde(rename = "type")]
+    pub kind: LinkType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_context: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct FeedbackRequest {
+    pub feedback: Vec<Feedback>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Accepted,
+    Overridden,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Feedback {
+    pub card: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_suggestions: Vec<AcceptedSuggestion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<OverrideReason>,
+    pub outcome_timestamp: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct AcceptedSuggestion {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideReason {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Coding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_comment: Option<String>,
+}
+
+/// GET /cds-services, as served from cds-hooks/services.json.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Discovery {
+    pub services: Vec<ServiceDescriptor>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDescriptor {
+    pub hook: String,
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub prefetch: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_requirements: Option<String>,
+}
+
+/// The service catalogue compiled into the binary.
+pub const SERVICES_JSON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/cds-hooks/services.json"
+));
+
+/// Prefetch tokens CDS Hooks 2.0 defines; templates may use nothing else.
+pub const STU2_TOKENS: [&str; 3] = [
+    "{{context.patientId}}",
+    "{{context.userId}}",
+    "{{context.encounterId}}",
+];
+
+impl Discovery {
+    pub fn embedded() -> Result<Self, serde_json::Error> {
+        serde_json::from_str(SERVICES_JSON)
+    }
+
+    pub fn service(&self, id: &str) -> Option<&ServiceDescriptor> {
+        self.services.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_limit_counts_characters() {
+        assert!(Summary::new("x".repeat(140)).is_ok());
+        assert_eq!(Summary::new("x".repeat(141)), Err(SummaryTooLong(141)));
+        assert!(
+            Summary::new("é".repeat(140)).is_ok(),
+            "characters, not bytes"
+        );
+        let t = Summary::truncate(&"y".repeat(300));
+        assert_eq!(t.as_str().chars().count(), 140);
+        assert!(serde_json::from_str::<Summary>(&format!("\"{}\"", "z".repeat(141))).is_err());
+    }
+
+    #[test]
+    fn optional_fields_are_omitted() {
+        let card = Card {
+            uuid: "u".into(),
+            summary: Summary::truncate("s"),
+            detail: None,
+            indicator: Indicator::Info,
+            source: Source {
+                label: "l".into(),
+                url: None,
+                icon: None,
+                topic: None,
+            },
+            suggestions: vec![],
+            selection_behavior: None,
+            override_reasons: vec![],
+            links: vec![],
+        };
+        let v = serde_json::to_value(CdsResponse {
+            cards: vec![card],
+            system_actions: vec![],
+        })
+        .expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"cards": [{"uuid": "u", "summary": "s", "indicator": "info", "source": {"label": "l"}}]})
+        );
+    }
+
+    #[test]
+    fn token_is_not_in_debug() {
+        let a: FhirAuthorization = serde_json::from_value(serde_json::json!({
+            "access_token": "secret-token", "token_type": "Bearer", "subject": "cds", "scope": "patient/*.read"
+        }))
+        .expect("auth");
+        assert!(!format!("{a:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn catalogue_uses_stu2_tokens_only() {
+        let d = Discovery::embedded().expect("services.json");
+        let ids: Vec<&str> = d.services.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["offramp-order-select", "offramp-order-sign"]);
+        for s in &d.services {
+            assert_eq!(s.hook, s.id.trim_start_matches("offramp-"));
+            for (key, t) in &s.prefetch {
+                let t = t.as_str().expect("template string");
+                let mut rest = t;
+                while let Some(i) = rest.find("{{") {
+                    let end = rest[i..].find("}}").expect("closed token") + i + 2;
+                    assert!(
+                        STU2_TOKENS.contains(&&rest[i..end]),
+                        "{key}: {}",
+                        &rest[i..end]
+                    );
+                    rest = &rest[end..];
+                }
+            }
+        }
+    }
+}
