@@ -36,6 +36,9 @@ enum Command {
         /// Service id; defaults to offramp-<hook>.
         #[arg(long)]
         service: Option<String>,
+        /// Print the printable patient handout (HTML) of the taper plan instead of the response.
+        #[arg(long)]
+        handout: bool,
     },
     /// Print the medication exposure computed from FHIR JSON files (Bundles or resources).
     Exposure {
@@ -63,7 +66,8 @@ fn main() -> ExitCode {
             request,
             today,
             service,
-        } => evaluate(&kb, &request, today, service),
+            handout,
+        } => evaluate(&kb, &request, today, service, handout),
         Command::Exposure { files, today } => {
             let mut docs = Vec::new();
             for f in &files {
@@ -107,6 +111,7 @@ fn evaluate(
     path: &std::path::Path,
     today: Option<NaiveDate>,
     service: Option<String>,
+    handout: bool,
 ) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("offramp: {}: {msg}", path.display());
@@ -127,6 +132,10 @@ fn evaluate(
     let service = service.unwrap_or_else(|| format!("offramp-{}", req.hook));
     let today = today.unwrap_or_else(|| chrono::Local::now().date_naive());
     match offramp::hooks::evaluate_request(kb, &catalogue, &service, &req, today) {
+        Ok(out) if handout => match offramp::hooks::handouts(kb, &out, today).first() {
+            Some(html) => print_out(html),
+            None => fail("no taper plan in this response".into()),
+        },
         Ok(out) => match serde_json::to_string_pretty(&out.response) {
             Ok(s) => print_out(&s),
             Err(e) => fail(e.to_string()),

@@ -201,16 +201,14 @@ fn acted_on(resp: &CdsResponse, req: &CdsRequest) -> Vec<String> {
                             .cloned()
                             .unwrap_or_default();
                         for e in drafts {
-                            if format!(
+                            let reference = format!(
                                 "MedicationRequest/{}",
                                 e["resource"]["id"].as_str().unwrap_or("")
-                            ) == *id
-                            {
-                                if let Some(code) = e["resource"]
-                                    .pointer("/medicationCodeableConcept/coding/0/code")
-                                {
-                                    out.push(code.as_str().unwrap_or_default().to_string());
-                                }
+                            );
+                            let code =
+                                e["resource"].pointer("/medicationCodeableConcept/coding/0/code");
+                            if let Some(code) = code.filter(|_| reference == *id) {
+                                out.push(code.as_str().unwrap_or_default().to_string());
                             }
                         }
                     }
@@ -361,5 +359,37 @@ fn summaries_fit_and_uuids_are_stable() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn the_handout_is_printable_and_names_nobody() {
+    let kb = Knowledge::embedded().expect("kb");
+    let d = Discovery::embedded().expect("catalogue");
+    let req = example("order-select-long-term-alprazolam");
+    let out = evaluate_request(&kb, &d, "offramp-order-select", &req, today()).expect("ok");
+    let pages = offramp::hooks::handouts(&kb, &out, today());
+    assert_eq!(pages.len(), 1);
+    let html = &pages[0];
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<svg") && html.contains("</svg>")
+    );
+    let steps = out.response.cards[0].suggestions[0].actions[0]
+        .resource
+        .as_ref()
+        .expect("taper")["dosageInstruction"]
+        .as_array()
+        .expect("steps")
+        .len();
+    // One row per dosing step plus the stop row.
+    assert_eq!(html.matches("<tr><td>").count(), steps + 1);
+    assert!(html.contains("27 in"), "the EMPOWER figure");
+    let patient = &req.prefetch.as_ref().expect("prefetch")["patient"];
+    for secret in [
+        req.context["patientId"].as_str().expect("id"),
+        patient["birthDate"].as_str().expect("dob"),
+        "Patient/",
+    ] {
+        assert!(!html.contains(secret), "handout contains {secret}");
     }
 }

@@ -4,13 +4,16 @@
 
 use chrono::{Days, NaiveDate};
 use offramp::plans::taper::{
-    MAX_STEPS, NEAR_END_FRACTION, NEAR_END_MAX_DAYS, TaperError, TaperInput, TaperPlan,
-    makeable_doses, plan_taper,
+    MAX_STEPS, TaperError, TaperInput, TaperPlan, makeable_doses, plan_taper,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 const EPS: f64 = 1e-9;
+
+/// The product defaults in thresholds.toml.
+const NEAR_END_FRACTION: f64 = 0.25;
+const NEAR_END_MAX_DAYS: u32 = 56;
 
 fn tol(x: f64) -> f64 {
     EPS * x.abs().max(1.0)
@@ -78,6 +81,8 @@ fn valid_input() -> impl Strategy<Value = TaperInput> {
                     initial_reduction: aim,
                     max_reduction_per_2_weeks: ceiling,
                     max_units_per_day: max_units,
+                    near_end_fraction: NEAR_END_FRACTION,
+                    near_end_max_days: NEAR_END_MAX_DAYS,
                 }
             },
         )
@@ -172,11 +177,11 @@ fn check_ceiling(input: &TaperInput, plan: &TaperPlan) -> Result<(), TestCaseErr
         let base = if i == 0 {
             input.step_days
         } else if plan.steps[i - 1].mg_per_day
-            <= NEAR_END_FRACTION * input.current_mg_per_day + tol(input.current_mg_per_day)
+            <= input.near_end_fraction * input.current_mg_per_day + tol(input.current_mg_per_day)
         {
             input
                 .step_days
-                .max((2 * input.step_days).min(NEAR_END_MAX_DAYS))
+                .max((2 * input.step_days).min(input.near_end_max_days))
         } else {
             input.step_days
         };
@@ -214,14 +219,14 @@ fn check_zero_only_from_smallest(
 }
 
 fn check_slower_near_end(input: &TaperInput, plan: &TaperPlan) -> Result<(), TestCaseError> {
-    let near_end = (2 * input.step_days).min(NEAR_END_MAX_DAYS);
+    let near_end = (2 * input.step_days).min(input.near_end_max_days);
     let start_mg = input.current_mg_per_day;
     for (i, s) in plan.steps.iter().enumerate() {
         if is_stop(plan, i) {
             continue;
         }
         prop_assert!(s.days >= input.step_days);
-        if s.mg_per_day <= NEAR_END_FRACTION * start_mg + tol(start_mg) {
+        if s.mg_per_day <= input.near_end_fraction * start_mg + tol(start_mg) {
             prop_assert!(
                 s.days >= near_end,
                 "{} mg for only {} days",
@@ -421,6 +426,8 @@ fn any_input() -> impl Strategy<Value = TaperInput> {
                     initial_reduction: aim,
                     max_reduction_per_2_weeks: ceiling,
                     max_units_per_day: max_units,
+                    near_end_fraction: NEAR_END_FRACTION,
+                    near_end_max_days: NEAR_END_MAX_DAYS,
                 }
             },
         )

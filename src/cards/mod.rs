@@ -1,5 +1,6 @@
 //! Findings and plans rendered as CDS Hooks cards with FHIR suggestions. Pure.
 
+pub mod handout;
 pub mod resources;
 
 use crate::clinical::knowledge::Knowledge;

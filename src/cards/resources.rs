@@ -130,9 +130,63 @@ pub fn follow_up(o: &Origin<'_>, when: NaiveDate, why: &str) -> Value {
     r
 }
 
+/// Makes a client's MedicationRequest valid R4 before we send it back: single objects where R4
+/// wants arrays, dateTimes with a time but no timezone cut to the date (the zone is unknown),
+/// nulls removed. An update the EHR cannot store would be a defect.
+pub fn normalise_medication_request(r: &mut Value) {
+    fn wrap(v: &mut Value, key: &str) {
+        if let Some(x) = v.get_mut(key).filter(|x| x.is_object()) {
+            *x = Value::Array(vec![x.take()]);
+        }
+    }
+    fn strip_nulls(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.retain(|_, x| !x.is_null());
+                m.values_mut().for_each(strip_nulls);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+            _ => {}
+        }
+    }
+    fn fix_date_time(v: &mut Value, key: &str) {
+        if let Some(Value::String(s)) = v.get_mut(key) {
+            let has_zone = s.len() > 19 && (s.ends_with('Z') || s[19..].contains(['+', '-']));
+            if s.len() > 10 && !has_zone {
+                s.truncate(10);
+            }
+        }
+    }
+    strip_nulls(r);
+    for key in [
+        "category",
+        "reasonCode",
+        "reasonReference",
+        "dosageInstruction",
+        "identifier",
+        "note",
+        "basedOn",
+        "insurance",
+    ] {
+        wrap(r, key);
+    }
+    fix_date_time(r, "authoredOn");
+    if let Some(Value::Array(ds)) = r.get_mut("dosageInstruction") {
+        for d in ds {
+            wrap(d, "doseAndRate");
+            wrap(d, "additionalInstruction");
+        }
+    }
+    if let Some(vp) = r.pointer_mut("/dispenseRequest/validityPeriod") {
+        fix_date_time(vp, "start");
+        fix_date_time(vp, "end");
+    }
+}
+
 /// A draft with a shorter supply: the same order limited to `days`.
 pub fn limited_to(draft: &Value, days: u32) -> Value {
     let mut r = draft.clone();
+    normalise_medication_request(&mut r);
     if let Value::Object(m) = &mut r {
         let dr = m.entry("dispenseRequest").or_insert_with(|| json!({}));
         if !dr.is_object() {

@@ -356,6 +356,8 @@ pub struct TaperThresholds {
     pub follow_up_after_reduction_days: Sourced<u32>,
     pub follow_up_with_opioid_days: Sourced<u32>,
     pub max_units_per_day: Sourced<u32>,
+    pub near_end_percent_of_start: Sourced<f64>,
+    pub near_end_max_step_days: Sourced<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -178,3 +178,19 @@ fn context_error(e: &serde_json::Error) -> String {
     }
     "userId and patientId are required strings".into()
 }
+
+/// The printable handouts of an outcome's off-ramp plans (one per off-ramp finding with a plan).
+pub fn handouts(kb: &Knowledge, outcome: &Outcome, today: NaiveDate) -> Vec<String> {
+    outcome
+        .evaluation
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            crate::rules::Finding::OffRamp(o) => {
+                crate::plans::schedule::off_ramp_plan(kb, o, today)
+            }
+            _ => None,
+        })
+        .map(|p| crate::cards::handout::taper_handout(&p))
+        .collect()
+}

@@ -74,6 +74,8 @@ fn taper_with(
         initial_reduction: t.start_reduction_percent_high.value / 100.0,
         max_reduction_per_2_weeks: t.max_reduction_percent_per_2_weeks.value / 100.0,
         max_units_per_day: t.max_units_per_day.value,
+        near_end_fraction: t.near_end_percent_of_start.value / 100.0,
+        near_end_max_days: t.near_end_max_step_days.value,
     })
     .ok()
 }

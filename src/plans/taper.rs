@@ -29,10 +29,6 @@ pub const MAX_STEP_DAYS: u32 = 365;
 /// from zero keeps the float tolerance meaningful.
 pub const MIN_MG: f64 = 0.001;
 pub const MAX_STRENGTH_MG: f64 = 1000.0;
-/// "Smaller steps near the end": at or below this fraction of the starting dose, intervals are
-/// at least twice `step_days`, capped at `NEAR_END_MAX_DAYS` (local choice, clinical-rules.md).
-pub const NEAR_END_FRACTION: f64 = 0.25;
-pub const NEAR_END_MAX_DAYS: u32 = 56;
 /// The ceiling is stated per 2 weeks.
 const CEILING_PERIOD_DAYS: f64 = 14.0;
 /// Relative float tolerance: doses that differ by less are the same dose.
@@ -63,6 +59,10 @@ pub struct TaperInput {
     pub max_reduction_per_2_weeks: f64,
     /// No step asks for more tablets a day than this (halves count as 0.5).
     pub max_units_per_day: u32,
+    /// "Smaller steps near the end": at or below this fraction of the starting dose, intervals
+    /// are at least twice `step_days`, capped at `near_end_max_days` (thresholds.toml).
+    pub near_end_fraction: f64,
+    pub near_end_max_days: u32,
 }
 
 /// How many units of one strength. In `TaperStep::units`, per day (0.5 steps when halves are
@@ -290,6 +290,12 @@ fn validate(input: &TaperInput) -> Result<Vec<f64>, TaperError> {
     if !fraction_ok(input.initial_reduction) {
         return Err(InvalidInput("initial_reduction must be within (0, 1]"));
     }
+    if !fraction_ok(input.near_end_fraction) {
+        return Err(InvalidInput("near_end_fraction must be within (0, 1]"));
+    }
+    if input.near_end_max_days == 0 || input.near_end_max_days > MAX_STEP_DAYS {
+        return Err(InvalidInput("near_end_max_days must be within 1..=365"));
+    }
     if !fraction_ok(input.max_reduction_per_2_weeks) {
         return Err(InvalidInput(
             "max_reduction_per_2_weeks must be within (0, 1]",
@@ -387,9 +393,9 @@ pub fn plan_taper(input: &TaperInput) -> Result<TaperPlan, TaperError> {
     let ceiling = input.max_reduction_per_2_weeks;
     let near_end_days = input
         .step_days
-        .max((2 * input.step_days).min(NEAR_END_MAX_DAYS));
+        .max((2 * input.step_days).min(input.near_end_max_days));
     let base_days = |mg: f64| {
-        if mg <= NEAR_END_FRACTION * current + tol(current) {
+        if mg <= input.near_end_fraction * current + tol(current) {
             near_end_days
         } else {
             input.step_days
@@ -471,6 +477,8 @@ mod tests {
             initial_reduction: 0.10,
             max_reduction_per_2_weeks: 0.25,
             max_units_per_day: 8,
+            near_end_fraction: 0.25,
+            near_end_max_days: 56,
         }
     }
 
