@@ -76,6 +76,14 @@ fn name(kb: &Knowledge, r: RxCui) -> String {
         .unwrap_or_else(|| r.to_string())
 }
 
+fn or_else(s: String, fallback: &str) -> String {
+    if s.is_empty() {
+        fallback.to_string()
+    } else {
+        s
+    }
+}
+
 fn names(kb: &Knowledge, rs: &[RxCui]) -> String {
     let mut v: Vec<String> = rs.iter().map(|r| name(kb, *r)).collect();
     v.dedup();
@@ -166,6 +174,16 @@ fn on_ramp(input: &RenderInput<'_>, f: &OnRamp, i: usize) -> Card {
         d,
         "\nFDA boxed warning (2020): abuse, misuse, dependence and withdrawal reactions."
     );
+    let z_drug = f.medications.iter().any(|r| {
+        kb.medication(*r)
+            .is_some_and(|m| m.class == DrugClass::ZDrug)
+    });
+    if z_drug {
+        let _ = writeln!(
+            d,
+            "Z-drugs: FDA boxed warning (2019) for complex sleep behaviours (sleep-walking, sleep-driving)."
+        );
+    }
     let mut suggestions = vec![Suggestion {
         label: format!("Book a follow-up on {}", f.follow_up),
         uuid: uuid(input, &format!("{i}/on-ramp/follow-up")),
@@ -268,8 +286,10 @@ fn off_ramp(input: &RenderInput<'_>, f: &OffRamp, i: usize) -> Option<Card> {
     } else {
         drugs
     };
-    let summary = if f.older_adult {
+    let summary = if f.older_adult && f.regular {
         format!("{drugs} at 65+: offer a gradual taper (plan attached); never stop abruptly")
+    } else if f.older_adult {
+        format!("{drugs} at 65+, intermittent use: agree to stop (Beers 2023)")
     } else {
         format!(
             "{drugs} for {} days: offer a gradual taper (plan attached)",
@@ -277,12 +297,20 @@ fn off_ramp(input: &RenderInput<'_>, f: &OffRamp, i: usize) -> Option<Card> {
         )
     };
     let mut d = String::new();
-    let _ = writeln!(
-        d,
-        "Regular use for **{} days** in the current episode{}.",
-        f.covered_days,
-        if f.older_adult { ", age 65+" } else { "" }
-    );
+    let older = if f.older_adult { ", age 65+" } else { "" };
+    if f.regular {
+        let _ = writeln!(
+            d,
+            "Regular use for **{} days** in the current episode{older}.",
+            f.covered_days
+        );
+    } else {
+        let _ = writeln!(
+            d,
+            "Intermittent use (fewer than 4 days a week) over {} days{older}: withdrawal is unlikely, so no taper is needed; agree to stop, or to use less often, with a follow-up.",
+            f.covered_days
+        );
+    }
     if let Some((lo, hi)) = f.diazepam_mg {
         let _ = writeln!(
             d,
@@ -336,6 +364,12 @@ fn off_ramp(input: &RenderInput<'_>, f: &OffRamp, i: usize) -> Option<Card> {
             "Taper plan as one order with dated steps",
             resources::taper_request(&input.origin, p.product, &p.taper, &note),
         )];
+        // The plan replaces the renewal being drafted, so the patient is not given both.
+        for di in &f.drafts {
+            if let Some((Some(reference), _)) = input.drafts.get(*di) {
+                actions.push(delete_draft(reference));
+            }
+        }
         if let Some(first) = p.follow_ups.first() {
             actions.push(create(
                 "Follow-up after the first reduction",
@@ -430,13 +464,9 @@ fn reason_text(kb: &Knowledge, r: &RiskReason) -> String {
     }
 }
 
-/// Withdraw-the-draft suggestions, never for an OUD treatment order.
-fn withdraw(
-    input: &RenderInput<'_>,
-    drafts: &[usize],
-    classes: &[DrugClass],
-    key: &str,
-) -> Vec<Suggestion> {
+/// Withdraw-the-draft suggestions for the drafts the rules marked withdrawable (new starts only,
+/// never a renewal of a drug in use, never OUD treatment).
+fn withdraw(input: &RenderInput<'_>, drafts: &[usize], key: &str) -> Vec<Suggestion> {
     drafts
         .iter()
         .enumerate()
@@ -447,22 +477,26 @@ fn withdraw(
             let med = crate::clinical::record::read_record(raw, &Default::default())
                 .ok()
                 .and_then(|r| crate::clinical::record::resolve(input.kb, &r.medication))?;
-            if med.class == DrugClass::OudTreatment || !classes.contains(&med.class) {
+            if med.class == DrugClass::OudTreatment {
                 return None;
             }
             Some(Suggestion {
                 label: format!("Withdraw the new {} order", med.display),
                 uuid: uuid(input, &format!("{key}/withdraw/{n}")),
                 is_recommended: None,
-                actions: vec![Action {
-                    kind: ActionType::Delete,
-                    description: format!("Remove the draft {reference}"),
-                    resource: None,
-                    resource_id: vec![reference.clone()],
-                }],
+                actions: vec![delete_draft(reference)],
             })
         })
         .collect()
+}
+
+fn delete_draft(reference: &str) -> Action {
+    Action {
+        kind: ActionType::Delete,
+        description: format!("Remove the draft {reference}"),
+        resource: None,
+        resource_id: vec![reference.to_string()],
+    }
 }
 
 fn naloxone(input: &RenderInput<'_>, key: &str) -> Option<Suggestion> {
@@ -492,8 +526,8 @@ fn co_prescription(input: &RenderInput<'_>, f: &CoPrescription, i: usize, ev: &E
     let _ = writeln!(
         d,
         "**{}** with **{}**: together they multiply the risk of fatal respiratory depression (FDA boxed warning 2016; CDC 2022 Rec 11).\n",
-        names(kb, &f.opioids),
-        names(kb, &f.bzras)
+        or_else(names(kb, &f.opioids), "An opioid"),
+        or_else(names(kb, &f.bzras), "a benzodiazepine")
     );
     if f.reasons.is_empty() {
         let _ = writeln!(d, "No additional risk factor found in the record.");
@@ -536,16 +570,7 @@ fn co_prescription(input: &RenderInput<'_>, f: &CoPrescription, i: usize, ev: &E
     if !f.naloxone_on_hand {
         suggestions.extend(naloxone(input, &key));
     }
-    suggestions.extend(withdraw(
-        input,
-        &f.drafts,
-        &[
-            DrugClass::OpioidAnalgesic,
-            DrugClass::Benzodiazepine,
-            DrugClass::ZDrug,
-        ],
-        &key,
-    ));
+    suggestions.extend(withdraw(input, &f.withdrawable, &key));
     Card {
         uuid: uuid(input, &key),
         summary: Summary::truncate(&summary),
@@ -572,12 +597,7 @@ fn gabapentinoid(input: &RenderInput<'_>, f: &OpioidGabapentinoid, i: usize) -> 
     let key = format!("{i}/opioid-gabapentinoid");
     let mut suggestions = Vec::new();
     suggestions.extend(naloxone(input, &key));
-    suggestions.extend(withdraw(
-        input,
-        &f.drafts,
-        &[DrugClass::OpioidAnalgesic, DrugClass::CnsDepressant],
-        &key,
-    ));
+    suggestions.extend(withdraw(input, &f.withdrawable, &key));
     Card {
         uuid: uuid(input, &key),
         summary: Summary::truncate(&format!(

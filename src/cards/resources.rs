@@ -151,7 +151,7 @@ pub fn normalise_medication_request(r: &mut Value) {
     }
     fn fix_date_time(v: &mut Value, key: &str) {
         if let Some(Value::String(s)) = v.get_mut(key) {
-            let has_zone = s.len() > 19 && (s.ends_with('Z') || s[19..].contains(['+', '-']));
+            let has_zone = s.ends_with('Z') || s.get(19..).is_some_and(|t| t.contains(['+', '-']));
             if s.len() > 10 && !has_zone {
                 s.truncate(10);
             }
@@ -187,6 +187,24 @@ pub fn normalise_medication_request(r: &mut Value) {
 pub fn limited_to(draft: &Value, days: u32) -> Value {
     let mut r = draft.clone();
     normalise_medication_request(&mut r);
+    // Tagged, so the limited order is recognised as ours and does not re-fire the card.
+    if let Value::Object(m) = &mut r {
+        let meta = m.entry("meta").or_insert_with(|| json!({}));
+        if !meta.is_object() {
+            *meta = json!({});
+        }
+        let tags = meta
+            .as_object_mut()
+            .map(|o| o.entry("tag").or_insert_with(|| json!([])));
+        if let Some(t) = tags {
+            if !t.is_array() {
+                *t = json!([]);
+            }
+            if let Value::Array(a) = t {
+                a.push(json!({"system": TAG_SYSTEM, "code": TAG_GENERATED}));
+            }
+        }
+    }
     if let Value::Object(m) = &mut r {
         let dr = m.entry("dispenseRequest").or_insert_with(|| json!({}));
         if !dr.is_object() {

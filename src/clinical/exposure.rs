@@ -414,8 +414,8 @@ pub fn exposure(
 
 /// The products in use in each active class episode: those whose supply covers today or ended
 /// within the grace period; for each product its latest record (a dispense over an order on the
-/// same day). A product that ran out is left out for an ingredient another product covers today,
-/// so a switch of strength is not counted twice.
+/// same day). Per ingredient only the newest prescription counts, preferring one that covers today,
+/// so a renewal at another strength is not counted twice.
 fn current_use(
     tracks: &BTreeMap<TrackKey, Track>,
     covered: &[Covered<'_>],
@@ -447,14 +447,21 @@ fn current_use(
             }
         }
         let covers_today = |c: &Covered<'_>| c.start <= today && today < c.end;
-        let today_ingredients: Vec<RxCui> = latest
-            .values()
-            .filter(|c| covers_today(c))
-            .flat_map(|c| c.med.ingredients.iter().map(|i| i.ingredient))
-            .collect();
+        // Per ingredient, the newest prescription supersedes older ones (a renewal at another
+        // strength is a change of dose, not a second drug); products covering today come first.
+        let mut newest: HashMap<RxCui, (bool, i64)> = HashMap::new();
+        for c in latest.values() {
+            for i in &c.med.ingredients {
+                let key = (covers_today(c), c.start);
+                let slot = newest.entry(i.ingredient).or_insert(key);
+                if key > *slot {
+                    *slot = key;
+                }
+            }
+        }
         for c in latest.values() {
             for (idx, ing) in c.med.ingredients.iter().enumerate() {
-                if !covers_today(c) && today_ingredients.contains(&ing.ingredient) {
+                if newest.get(&ing.ingredient) != Some(&(covers_today(c), c.start)) {
                     continue;
                 }
                 let rate = c

@@ -54,6 +54,8 @@ fn pick_product(kb: &Knowledge, ingredient: RxCui, mg: f64, max_units: u32) -> O
     })
 }
 
+/// Plans a taper from `mg` with one product; the plan starts at `start` on the current dose when
+/// the planner needs it held before the first cut, so the order covers every day.
 fn taper_with(
     kb: &Knowledge,
     product: &Medication,
@@ -63,7 +65,7 @@ fn taper_with(
 ) -> Option<TaperPlan> {
     let t = &kb.thresholds().taper;
     let strength = product.ingredients.first()?.strength?.amount;
-    plan_taper(&TaperInput {
+    let mut plan = plan_taper(&TaperInput {
         current_mg_per_day: mg,
         strengths_mg: vec![strength],
         // RxNorm does not say which tablets are scored: whole tablets only until a source does.
@@ -77,7 +79,48 @@ fn taper_with(
         near_end_fraction: t.near_end_percent_of_start.value / 100.0,
         near_end_max_days: t.near_end_max_step_days.value,
     })
-    .ok()
+    .ok()?;
+    if plan.hold_current_days > 0 {
+        let per_day = mg / strength;
+        // Only a dose the tablets make can be ordered as a hold.
+        if (per_day - per_day.round()).abs() < 1e-9 {
+            let hold_end = add_days(start, plan.hold_current_days - 1);
+            plan.steps.insert(
+                0,
+                TaperStep {
+                    start,
+                    end: hold_end,
+                    days: plan.hold_current_days,
+                    mg_per_day: mg,
+                    units: vec![UnitCount {
+                        strength_mg: strength,
+                        per_day,
+                    }],
+                    reduction_from_previous: 0.0,
+                },
+            );
+            let held = per_day * f64::from(plan.hold_current_days);
+            add_units(&mut plan, strength, held);
+        }
+    }
+    plan.steps
+        .iter()
+        .any(|s| s.mg_per_day > 0.0)
+        .then_some(plan)
+}
+
+fn add_units(plan: &mut TaperPlan, strength: f64, n: f64) {
+    match plan
+        .units_needed
+        .iter_mut()
+        .find(|u| (u.strength_mg - strength).abs() < 1e-9)
+    {
+        Some(u) => u.per_day += n,
+        None => plan.units_needed.push(UnitCount {
+            strength_mg: strength,
+            per_day: n,
+        }),
+    }
 }
 
 /// The plan for an off-ramp finding, or None when no current dose or no oral tablet is known.
@@ -87,6 +130,10 @@ pub fn off_ramp_plan<'k>(
     today: NaiveDate,
 ) -> Option<OffRampPlan<'k>> {
     let t = &kb.thresholds().taper;
+    // Intermittent use rarely causes withdrawal: no taper (Joint guideline 2025, Table 2).
+    if !f.regular {
+        return None;
+    }
     // Taper first the drug with the largest diazepam-equivalent dose.
     let dz = |ing: RxCui, mg: f64| {
         kb.diazepam_equivalent(ing)
@@ -212,17 +259,7 @@ fn switch_option<'k>(
             reduction_from_previous: 0.0,
         },
     );
-    match taper
-        .units_needed
-        .iter_mut()
-        .find(|u| (u.strength_mg - strength).abs() < 1e-9)
-    {
-        Some(u) => u.per_day += per_day * f64::from(switch_days),
-        None => taper.units_needed.push(UnitCount {
-            strength_mg: strength,
-            per_day: per_day * f64::from(switch_days),
-        }),
-    }
+    add_units(&mut taper, strength, per_day * f64::from(switch_days));
     Some(SwitchOption {
         diazepam_mg_per_day: rounded,
         range,

@@ -29,6 +29,8 @@ pub const COPRESCRIPTION_EXCLUSIONS: [&str; 4] = [
 const END_OF_LIFE: [&str; 2] = ["hospice-terminal", "palliative-care"];
 const CLOBAZAM: u32 = 21241;
 const CLONAZEPAM: u32 = 2598;
+const BUPRENORPHINE: u32 = 1819;
+const METHADONE: u32 = 6813;
 
 /// One draft order as the rules see it.
 #[derive(Debug, Clone)]
@@ -119,12 +121,16 @@ pub struct CoPrescription {
     pub naloxone_on_hand: bool,
     pub opioids: Vec<RxCui>,
     pub bzras: Vec<RxCui>,
+    /// Drafts that are new starts (not renewals, not OUD treatment): the only ones a card may
+    /// offer to withdraw, since stopping a drug in use abruptly is never advised.
+    pub withdrawable: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct OpioidGabapentinoid {
     pub drafts: Vec<usize>,
     pub age: u32,
+    pub withdrawable: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -195,10 +201,9 @@ fn as_started(d: &Draft<'_>, today: NaiveDate) -> MedicationRecord {
     let mut r = d.record.clone();
     r.status = RecordStatus::Active;
     r.start = Some(today);
-    if r.supply_days.is_none() && r.quantity.is_none() && r.end.is_none() {
-        // Drafts often carry no duration yet: they are current today, nothing more is assumed.
-        r.supply_days = Some(1.0);
-    }
+    r.end = None;
+    // Drafts often carry no duration yet: they are current today, nothing more is assumed.
+    r.supply_days = Some(f64::from(draft_days(d).unwrap_or(1)));
     r
 }
 
@@ -206,12 +211,25 @@ fn has_any(p: &PatientFacts, groups: &[&str]) -> bool {
     groups.iter().any(|g| p.has(g))
 }
 
-fn class_active(e: &Exposure, class: DrugClass) -> bool {
-    e.is_active(TrackKey::Class(class))
+/// Days a draft supplies: its stated duration, else quantity / daily dose.
+fn draft_days(d: &Draft<'_>) -> Option<u32> {
+    let days = d.record.supply_days.or_else(|| {
+        let med = d.medication?;
+        let q = crate::clinical::dose::to_product_units(d.record.quantity?, med)?;
+        let per_day = d.record.dosage.as_ref()?.per_day?;
+        let per_day = crate::clinical::dose::to_product_units(per_day, med)?;
+        (per_day > 0.0).then(|| q / per_day)
+    })?;
+    (days.is_finite() && days > 0.0).then(|| days.ceil().min(3650.0) as u32)
 }
 
-fn draft_days(d: &Draft<'_>) -> Option<u32> {
-    d.record.supply_days.map(|s| s.ceil().max(0.0) as u32)
+/// OUD treatment: by product, or buprenorphine / methadone with an active OUD condition.
+pub fn is_oud_treatment(m: &Medication, patient: &PatientFacts) -> bool {
+    m.class == DrugClass::OudTreatment
+        || (patient.has("oud")
+            && m.ingredients
+                .iter()
+                .any(|i| matches!(i.ingredient.get(), BUPRENORPHINE | METHADONE)))
 }
 
 pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
@@ -261,9 +279,17 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
             .filter(|i| class_of(i).is_some_and(pred))
             .collect()
     };
+    let is_oud = |i: &usize| {
+        input.drafts[*i]
+            .medication
+            .is_some_and(|m| is_oud_treatment(m, input.patient))
+    };
     let bzra_drafts = drafts_of(&|c| c.is_bzra());
-    let opioid_drafts = drafts_of(&|c| c == DrugClass::OpioidAnalgesic);
-    let oud_drafts = drafts_of(&|c| c == DrugClass::OudTreatment);
+    let opioid_drafts: Vec<usize> = drafts_of(&|c| c == DrugClass::OpioidAnalgesic)
+        .into_iter()
+        .filter(|i| !is_oud(i))
+        .collect();
+    let oud_drafts: Vec<usize> = considered.iter().copied().filter(is_oud).collect();
     let gabapentinoid_drafts: Vec<usize> = considered
         .iter()
         .copied()
@@ -274,7 +300,9 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
         })
         .collect();
 
-    let hist = &ev.history_exposure;
+    // A copy, so suppressions can be recorded while the history is read.
+    let hist_owned = ev.history_exposure.clone();
+    let hist = &hist_owned;
     let age = input.patient.age_years;
     let is_older = age.is_some_and(|a| a >= older);
     let end_of_life = has_any(input.patient, &END_OF_LIFE);
@@ -282,8 +310,40 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
         .track(TrackKey::Bzra)
         .and_then(|t| t.current())
         .cloned();
-    let opioid_active = class_active(hist, DrugClass::OpioidAnalgesic);
-    let oud_active = class_active(hist, DrugClass::OudTreatment);
+    let oud_in_use = |u: &crate::clinical::exposure::CurrentUse| {
+        kb.medication(u.medication)
+            .is_some_and(|m| is_oud_treatment(m, input.patient))
+    };
+    let opioid_active = hist
+        .current
+        .iter()
+        .any(|u| u.class == DrugClass::OpioidAnalgesic && !oud_in_use(u));
+    let oud_active = hist.current.iter().any(oud_in_use);
+    // A naloxone order in this session (ours or the clinician's) counts as naloxone on hand.
+    let naloxone_drafted = input
+        .drafts
+        .iter()
+        .any(|d| d.medication.is_some_and(|m| m.class == DrugClass::Naloxone));
+    // Our own accepted plan is in the drafts: the BZRA cards have done their job.
+    let our_bzra_plan = input
+        .drafts
+        .iter()
+        .any(|d| d.ours && d.medication.is_some_and(|m| m.class.is_bzra()));
+    // New starts only may be withdrawn: a draft renewing a drug in use, or OUD treatment, never.
+    let in_use: BTreeSet<RxCui> = hist.current.iter().map(|u| u.ingredient).collect();
+    let withdrawable = |ds: &[usize]| -> Vec<usize> {
+        ds.iter()
+            .copied()
+            .filter(|i| !is_oud(i))
+            .filter(|i| {
+                input.drafts[*i].medication.is_some_and(|m| {
+                    m.ingredients
+                        .iter()
+                        .all(|x| !in_use.contains(&x.ingredient))
+                })
+            })
+            .collect()
+    };
 
     // BZRA on-ramp / off-ramp.
     let mut findings = Vec::new();
@@ -307,16 +367,39 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
     let long_term = hist_bzra
         .as_ref()
         .is_some_and(|e| e.regular && e.covered_days >= t.exposure.long_term_days.value);
-    let with_opioid = opioid_active || !opioid_drafts.is_empty();
+    let with_opioid =
+        opioid_active || oud_active || !opioid_drafts.is_empty() || !oud_drafts.is_empty();
+    let bzra_in_use: Vec<RxCui> = hist
+        .current
+        .iter()
+        .filter(|u| u.class.is_bzra())
+        .map(|u| u.ingredient)
+        .collect();
+    let legit_history = !bzra_in_use.is_empty()
+        && bzra_in_use
+            .iter()
+            .all(|r| legitimate_ingredient(kb, input.patient, &[], *r));
     if end_of_life && (!bzra_drafts.is_empty() || with_opioid) {
         quiet(
             &mut ev,
             "on-ramp/off-ramp",
             "palliative or end-of-life care",
         );
+    } else if our_bzra_plan {
+        quiet(
+            &mut ev,
+            "on-ramp/off-ramp",
+            "an offramp plan is already in the orders",
+        );
+    } else if legit_history && taper_candidates.is_empty() {
+        quiet(
+            &mut ev,
+            "off-ramp",
+            "legitimate long-term use in the history",
+        );
     } else if hist_bzra.is_some()
         && (long_term || is_older)
-        && (!taper_candidates.is_empty() || !opioid_drafts.is_empty())
+        && (!taper_candidates.is_empty() || !opioid_drafts.is_empty() || !oud_drafts.is_empty())
     {
         // Regular use past 4 weeks, or any current use at 65+: offer the taper, also when the
         // order is an opioid (the plan leads; a warning alone rarely changes anything).
@@ -369,12 +452,11 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
                 .copied()
                 .collect();
             drafts.sort_unstable();
-            findings.push(Finding::CoPrescription(co_prescription(
-                input,
-                &ev,
-                drafts,
-                oud_active || !oud_drafts.is_empty(),
-            )));
+            let w = withdrawable(&drafts);
+            let mut f = co_prescription(input, &ev, drafts, oud_active || !oud_drafts.is_empty());
+            f.withdrawable = w;
+            f.naloxone_on_hand |= naloxone_drafted;
+            findings.push(Finding::CoPrescription(f));
         }
     }
 
@@ -396,11 +478,11 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
                 "opioid-gabapentinoid",
                 "covered by the co-prescription card",
             );
-        } else if has_any(input.patient, &COPRESCRIPTION_EXCLUSIONS) {
+        } else if end_of_life {
             quiet(
                 &mut ev,
                 "opioid-gabapentinoid",
-                "hospice, palliative care, active cancer or sickle cell disease",
+                "palliative or end-of-life care",
             );
         } else {
             let mut drafts: Vec<usize> = opioid_drafts
@@ -409,9 +491,11 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
                 .copied()
                 .collect();
             drafts.sort_unstable();
+            let withdrawable = withdrawable(&drafts);
             findings.push(Finding::OpioidGabapentinoid(OpioidGabapentinoid {
                 drafts,
                 age: a,
+                withdrawable,
             }));
         }
     }
@@ -431,11 +515,21 @@ fn is_gabapentinoid(kb: &Knowledge, m: &Medication) -> bool {
 fn legitimate_use(kb: &Knowledge, input: &RuleInput<'_, '_>, i: usize) -> bool {
     let d = &input.drafts[i];
     let Some(m) = d.medication else { return false };
-    let has = |code: u32| m.ingredients.iter().any(|x| x.ingredient.get() == code);
-    let reasons = groups_of(kb, &d.record.reason_codes);
-    let any = |g: &str| reasons.contains(g) || input.patient.has(g);
-    has(CLOBAZAM)
-        || (has(CLONAZEPAM) && any("seizure-disorder"))
+    m.ingredients
+        .iter()
+        .any(|x| legitimate_ingredient(kb, input.patient, &d.record.reason_codes, x.ingredient))
+}
+
+fn legitimate_ingredient(
+    kb: &Knowledge,
+    patient: &PatientFacts,
+    reason_codes: &[crate::clinical::fhir_read::Coding],
+    ingredient: RxCui,
+) -> bool {
+    let reasons = groups_of(kb, reason_codes);
+    let any = |g: &str| reasons.contains(g) || patient.has(g);
+    ingredient.get() == CLOBAZAM
+        || (ingredient.get() == CLONAZEPAM && any("seizure-disorder"))
         || LEGITIMATE_USE_GROUPS.iter().any(|g| any(g))
 }
 
@@ -549,6 +643,7 @@ fn co_prescription(
             matches!(c, DrugClass::OpioidAnalgesic | DrugClass::OudTreatment)
         }),
         bzras: ingredients(&|c| c.is_bzra()),
+        withdrawable: vec![],
     }
 }
 

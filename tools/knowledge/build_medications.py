@@ -168,6 +168,10 @@ def classify(ings, form, route, comps):
 
 def flags_of(cls, route, names, display):
     flags = []
+    # OUD depot injections and implants are ongoing treatment, not procedures: they must stay
+    # visible as OUD treatment (clinical-rules.md, rule 5).
+    if cls == "oud-treatment":
+        return flags
     if route in ("injection", "inhalation") or "ACTUAT fentanyl" in display:
         flags.append("procedural")
     if cls == "benzodiazepine" and ({"midazolam", "remimazolam"} & names):
