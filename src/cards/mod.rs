@@ -124,16 +124,19 @@ fn on_ramp(input: &RenderInput<'_>, f: &OnRamp, i: usize) -> Card {
         .collect::<Vec<_>>()
         .join("; ");
     let max_days = t.on_ramp.max_planned_days.value;
-    let summary = if f.older_adult {
-        format!(
+    let summary = match (f.older_adult, f.continuing_days) {
+        (true, _) => format!(
             "Benzodiazepine/Z-drug at 65+: consider alternatives; if used, ≤{max_days} days, review {}",
             f.follow_up
-        )
-    } else {
-        format!(
+        ),
+        (false, Some(days)) => format!(
+            "Benzodiazepine/Z-drug for {days} days: plan the stop before 4 weeks; review {}",
+            f.follow_up
+        ),
+        (false, None) => format!(
             "New benzodiazepine/Z-drug: plan ≤{max_days} days and a follow-up on {}",
             f.follow_up
-        )
+        ),
     };
     let mut d = String::new();
     let _ = writeln!(d, "**{drug}**\n");

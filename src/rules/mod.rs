@@ -72,6 +72,8 @@ pub struct OnRamp {
     /// Planned past the flag threshold (4 weeks) for a new start.
     pub long_course: bool,
     pub follow_up: NaiveDate,
+    /// Days already covered when use is not new (regular use under 4 weeks, or intermittent).
+    pub continuing_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -429,6 +431,7 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
                 input.today,
                 t.on_ramp.follow_up_days.value,
             ),
+            continuing_days: hist_bzra.as_ref().map(|e| e.covered_days),
         }));
     }
 
