@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cards;
 pub mod clinical;
+pub mod config;
 pub mod hooks;
 pub mod knowledge_files;
 pub mod plans;

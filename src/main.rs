@@ -15,6 +15,9 @@ use std::process::ExitCode;
     about = "Benzodiazepine and opioid co-prescription CDS Hooks service"
 )]
 struct Cli {
+    /// Configuration file layered over the built-in defaults (then OFFRAMP__* variables).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory of knowledge tables to use instead of the ones built in.
     #[arg(long, global = true, value_name = "DIR")]
     knowledge: Option<PathBuf>,
@@ -26,6 +29,8 @@ struct Cli {
 enum Command {
     /// Load and validate the knowledge tables, then print what they hold.
     CheckKnowledge,
+    /// Load and validate the configuration (issuers and their keys included); print warnings.
+    CheckConfig,
     /// Evaluate a CDS Hooks request file offline (prefetch only) and print the response JSON.
     Evaluate {
         /// A CDS Hooks request (order-select or order-sign) with prefetch.
@@ -53,6 +58,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CheckConfig = cli.command {
+        return check_config(cli.config.as_deref());
+    }
     let kb = match knowledge_files::load(cli.knowledge.as_deref()) {
         Ok(kb) => kb,
         Err(e) => {
@@ -61,6 +69,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::CheckConfig => ExitCode::SUCCESS,
         Command::CheckKnowledge => print_out(&format!("knowledge ok: {}", kb.summary())),
         Command::Evaluate {
             request,
@@ -156,4 +165,43 @@ fn print_out(s: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = match offramp::config::Config::load(file, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("offramp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("offramp: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let replay = std::sync::Arc::new(offramp::auth::replay::MemoryReplayGuard::default());
+    if let Err(e) = runtime.block_on(offramp::auth::Verifier::new(config.auth.clone(), replay)) {
+        eprintln!("offramp: configuration: {e}");
+        return ExitCode::from(2);
+    }
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
+    print_out(&format!(
+        "config ok: bind {}, public base URL {}, {} trusted issuer(s)",
+        config.server.bind,
+        config
+            .server
+            .public_base_url
+            .as_deref()
+            .unwrap_or("(none: aud from the Host header)"),
+        config.auth.issuers.len()
+    ))
 }

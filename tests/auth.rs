@@ -370,7 +370,7 @@ async fn attacks_and_mistakes_are_refused_without_outbound_requests() {
         ("wrong signature", "bad_signature"),
         ("another key with the same kid", "bad_signature"),
         ("truncated signature", "bad_signature"),
-        ("EC signature presented as RS384", "bad_signature"),
+        ("EC signature presented as RS384", "alg_not_allowed"),
         ("expired", "expired"),
         ("iat in the future", "iat_in_future"),
         ("nbf in the future", "not_yet_valid"),

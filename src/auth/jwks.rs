@@ -59,7 +59,8 @@ impl KeySource {
         })
     }
 
-    fn lookup(&self, kid: &str) -> Option<Jwk> {
+    /// The key if it is already known; never fetches.
+    pub fn cached(&self, kid: &str) -> Option<Jwk> {
         self.keys.read().ok()?.get(kid).cloned()
     }
 
@@ -106,13 +107,13 @@ impl KeySource {
         http: &reqwest::Client,
         min_interval: Duration,
     ) -> Option<Jwk> {
-        if let Some(k) = self.lookup(kid) {
+        if let Some(k) = self.cached(kid) {
             return Some(k);
         }
         let url = self.url.as_deref()?;
         let mut last = self.last_refresh.lock().await;
         // Another request may have refreshed while we waited for the lock.
-        if let Some(k) = self.lookup(kid) {
+        if let Some(k) = self.cached(kid) {
             return Some(k);
         }
         if last.is_some_and(|t| t.elapsed() < min_interval) {
@@ -122,6 +123,6 @@ impl KeySource {
         if let Err(e) = self.fetch(http, url).await {
             tracing::warn!(error = %e, "JWKS refresh failed");
         }
-        self.lookup(kid)
+        self.cached(kid)
     }
 }

@@ -1,6 +1,10 @@
 //! Request authentication: the JWT every CDS client signs (CDS Hooks 2.0 security), checked
 //! against configured trusted issuers. The HTTP layer calls [`Verifier::verify`] and answers a bare
-//! 401 on any error; [`AuthError::reason`] goes to a metric label and a log line, never the token.
+//! 401 with `WWW-Authenticate: Bearer` ([`WWW_AUTHENTICATE`]) on any error;
+//! [`AuthError::reason`] goes to a metric label and a log line, never the token.
+
+/// The challenge sent with every 401.
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"offramp\"";
 
 pub mod aud;
 pub mod jwks;
@@ -324,8 +328,21 @@ impl Verifier {
     }
 
     /// Verifies the Authorization header value for a call whose URL is `expected_aud`, at `now`
-    /// (unix seconds).
+    /// (unix seconds). A refusal is logged with its reason only: never the token or its claims.
     pub async fn verify(
+        &self,
+        authorization: Option<&str>,
+        expected_aud: &str,
+        now: i64,
+    ) -> Result<Principal, AuthError> {
+        let result = self.check(authorization, expected_aud, now).await;
+        if let Err(e) = &result {
+            tracing::info!(reason = e.reason(), "JWT refused");
+        }
+        result
+    }
+
+    async fn check(
         &self,
         authorization: Option<&str>,
         expected_aud: &str,
@@ -386,17 +403,30 @@ impl Verifier {
             .kid
             .filter(|k| !k.is_empty() && k.len() <= 256)
             .ok_or(AuthError::UnknownKid)?;
-        let source = match header.jku.as_deref() {
-            None => &issuer.keys,
-            Some(j) => aud::normalise(j)
-                .and_then(|n| issuer.jku.get(&n))
-                .ok_or(AuthError::JkuNotAllowed)?,
-        };
         let min_interval = Duration::from_secs(self.settings.jwks_refresh_min_interval_seconds);
-        let jwk = source
-            .key(&kid, &self.http, min_interval)
-            .await
-            .ok_or(AuthError::UnknownKid)?;
+        // The issuer's own keys come first: a jku on the allowlist (the sandbox sends one that
+        // points to the internet) is fetched only when the key is not already there.
+        let jwk = match header.jku.as_deref() {
+            None => issuer.keys.key(&kid, &self.http, min_interval).await,
+            Some(j) => {
+                let allowed = aud::normalise(j)
+                    .and_then(|n| issuer.jku.get(&n))
+                    .ok_or(AuthError::JkuNotAllowed)?;
+                match issuer.keys.cached(&kid) {
+                    Some(k) => Some(k),
+                    None => allowed.key(&kid, &self.http, min_interval).await,
+                }
+            }
+        }
+        .ok_or(AuthError::UnknownKid)?;
+        // A key published for one algorithm is not used for another.
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|a| a.to_string() != header.alg)
+        {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| AuthError::UnknownKid)?;
         let mut validation = Validation::new(alg);
         // Time, iss and aud are checked below against our own clock and normalisation.

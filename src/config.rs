@@ -1,0 +1,136 @@
+//! Typed, layered configuration: embedded config/base.toml, then an optional file, then
+//! OFFRAMP__* environment variables. Validated before anything listens.
+
+use crate::auth::AuthSettings;
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const BASE_TOML: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/base.toml"));
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthSettings,
+    /// A deployment's own knowledge tables instead of the built-in ones.
+    #[serde(default)]
+    pub knowledge_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layers. `env` is the process environment, passed in so tests can give their own.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(BASE_TOML));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: no such file",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // Each OFFRAMP__A__B=value becomes a layer { a = { b = value } }, values read as TOML
+        // when they parse (numbers, booleans, arrays, inline tables) and as strings otherwise.
+        for (k, v) in env.iter().filter(|(k, _)| k.starts_with("OFFRAMP__")) {
+            let path: Vec<String> = k["OFFRAMP__".len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::Invalid(format!("{k}: empty key segment")));
+            }
+            let mut value = parse_env_value(v);
+            for part in path.iter().rev() {
+                let mut t = toml::Table::new();
+                t.insert(part.clone(), value);
+                value = toml::Value::Table(t);
+            }
+            let text =
+                toml::to_string(&value).map_err(|e| ConfigError::Invalid(format!("{k}: {e}")))?;
+            fig = fig.merge(Toml::string(&text));
+        }
+        let mut config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Relative JWKS files are relative to the file that names them.
+        if let Some(dir) = file.and_then(Path::parent) {
+            for i in &mut config.auth.issuers {
+                if let Some(p) = &i.jwks_file
+                    && p.is_relative()
+                {
+                    i.jwks_file = Some(dir.join(p));
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.server.public_base_url
+            && crate::auth::aud::normalise(u).is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.public_base_url {u:?} is not an http(s) URL"
+            )));
+        }
+        if self.auth.leeway_seconds > 300 {
+            return Err(ConfigError::Invalid(
+                "auth.leeway_seconds above 300 is not a leeway".into(),
+            ));
+        }
+        if self.auth.max_lifetime_seconds == 0 || self.auth.max_lifetime_seconds > 3600 {
+            return Err(ConfigError::Invalid(
+                "auth.max_lifetime_seconds must be within 1..=3600".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Warnings a deployer must see (the service still starts).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.server.public_base_url.is_none() && !self.server.bind.ip().is_loopback() {
+            w.push(format!(
+                "server.public_base_url is not set while binding {}: the expected JWT aud is built from the request's Host header, which is only safe on loopback; set it to the URL EHRs use",
+                self.server.bind
+            ));
+        }
+        if self.auth.issuers.is_empty() {
+            w.push("no trusted issuer is configured: every hook call will get 401".into());
+        }
+        for i in &self.auth.issuers {
+            if i.iss == "https://sandbox.cds-hooks.org" {
+                w.push("the public CDS Hooks sandbox is trusted: its private key is public, for demos only".into());
+            }
+        }
+        w
+    }
+}
+
+/// An environment value as TOML when it parses (numbers, booleans, arrays, inline tables), else
+/// as a string.
+fn parse_env_value(v: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()))
+}
