@@ -9,6 +9,7 @@ pub mod cards;
 pub mod clinical;
 pub mod config;
 pub mod hooks;
+pub mod http;
 pub mod knowledge_files;
 pub mod plans;
 pub mod protocol;

@@ -31,6 +31,17 @@ enum Command {
     CheckKnowledge,
     /// Load and validate the configuration (issuers and their keys included); print warnings.
     CheckConfig,
+    /// Run the CDS Hooks service.
+    Serve {
+        /// Address to listen on (overrides server.bind); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Probe a running service's /healthz (for container probes); exit 0 when healthy.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Evaluate a CDS Hooks request file offline (prefetch only) and print the response JSON.
     Evaluate {
         /// A CDS Hooks request (order-select or order-sign) with prefetch.
@@ -58,8 +69,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::CheckConfig = cli.command {
-        return check_config(cli.config.as_deref());
+    match &cli.command {
+        Command::CheckConfig => return check_config(cli.config.as_deref()),
+        Command::Serve { listen } => return serve(cli.config.as_deref(), *listen),
+        Command::Healthcheck { url } => return healthcheck(url),
+        _ => {}
     }
     let kb = match knowledge_files::load(cli.knowledge.as_deref()) {
         Ok(kb) => kb,
@@ -69,7 +83,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig => ExitCode::SUCCESS,
+        Command::CheckConfig | Command::Serve { .. } | Command::Healthcheck { .. } => {
+            ExitCode::SUCCESS
+        }
         Command::CheckKnowledge => print_out(&format!("knowledge ok: {}", kb.summary())),
         Command::Evaluate {
             request,
@@ -204,4 +220,97 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
             .unwrap_or("(none: aud from the Host header)"),
         config.auth.issuers.len()
     ))
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("offramp: {e}"))
+        .ok()
+}
+
+fn serve(file: Option<&std::path::Path>, listen: Option<std::net::SocketAddr>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = match offramp::config::Config::load(file, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("offramp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async move {
+        let state = match offramp::http::build_state(&config).await {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => {
+                eprintln!("offramp: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let addr = listen.unwrap_or(config.server.bind);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("offramp: cannot listen on {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let bound = listener
+            .local_addr()
+            .map_or_else(|_| addr.to_string(), |a| a.to_string());
+        tracing::info!(address = %bound, "listening");
+        match offramp::http::run(
+            listener,
+            state,
+            offramp::http::Limits::default(),
+            offramp::http::shutdown_signal(),
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("offramp: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async {
+        let client = match reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+        {
+            Ok(c) => c,
+            Err(_) => return ExitCode::FAILURE,
+        };
+        match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+            Ok(r) => {
+                eprintln!("offramp: unhealthy: {}", r.status());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("offramp: unreachable: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

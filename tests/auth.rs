@@ -2,12 +2,8 @@
 //! mistakes, each a refusal with no outbound request, and the good paths (ES384, RS384, Epic
 //! style, key rotation). Keys are generated here; nothing secret is in the repository.
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
-use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use offramp::auth::replay::MemoryReplayGuard;
 use offramp::auth::{AuthError, AuthSettings, IssuerConfig, Verifier};
@@ -15,6 +11,9 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
+use support::{Key, jwks};
 
 const ISS: &str = "https://ehr.example.org";
 const AUD: &str = "https://cds.example.org/cds-services/offramp-order-sign";
@@ -60,57 +59,6 @@ async fn jwks_server(body: String) -> JwksServer {
         hits,
         body,
     }
-}
-
-struct Key {
-    kid: String,
-    alg: Algorithm,
-    enc: EncodingKey,
-}
-
-impl Key {
-    fn es384(kid: &str) -> Key {
-        let kp = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).expect("ec key");
-        let der = kp.to_pkcs8v1().expect("pkcs8");
-        Key {
-            kid: kid.into(),
-            alg: Algorithm::ES384,
-            enc: EncodingKey::from_ec_der(der.as_ref()),
-        }
-    }
-
-    fn rsa(kid: &str, alg: Algorithm) -> Key {
-        let kp = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa key");
-        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).expect("der");
-        let pem = format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            STANDARD.encode(der.as_ref())
-        );
-        Key {
-            kid: kid.into(),
-            alg,
-            enc: EncodingKey::from_rsa_pem(pem.as_bytes()).expect("pem"),
-        }
-    }
-
-    fn jwk(&self) -> Jwk {
-        let mut j = Jwk::from_encoding_key(&self.enc, self.alg).expect("jwk");
-        j.common.key_id = Some(self.kid.clone());
-        j
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(self.alg);
-        h.kid = Some(self.kid.clone());
-        encode(&h, claims, &self.enc).expect("sign")
-    }
-}
-
-fn jwks(keys: &[&Key]) -> String {
-    serde_json::to_string(&JwkSet {
-        keys: keys.iter().map(|k| k.jwk()).collect(),
-    })
-    .expect("jwks")
 }
 
 fn claims() -> Value {

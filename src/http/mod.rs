@@ -1,0 +1,361 @@
+//! The HTTP surface, the only place that knows axum: routes, authentication, error -> status
+//! mapping, CORS, limits, request ids. It calls auth, then hooks; nothing else.
+
+use crate::auth::{Principal, Verifier, WWW_AUTHENTICATE};
+use crate::clinical::Knowledge;
+use crate::hooks::{HookError, evaluate_request};
+use crate::protocol::{CdsRequest, Discovery, FeedbackRequest};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// Everything a request needs, built once at start.
+pub struct AppState {
+    pub kb: Knowledge,
+    pub catalogue: Discovery,
+    pub verifier: Verifier,
+    /// The URL EHRs use to reach us (for the JWT aud); None builds it from the Host header.
+    pub public_base_url: Option<String>,
+    /// Feedback received (the in-memory store; Redis comes with issue 8).
+    pub feedback: Mutex<Vec<(String, crate::protocol::Feedback)>>,
+    /// Evaluate as of this day instead of the clock's (tests and demos of fixed examples).
+    pub fixed_today: Option<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            cors_origins: vec!["*".into()],
+        }
+    }
+}
+
+/// A client-visible error: a status and a small JSON body that names the problem without
+/// echoing the request. 401 is bare, with a WWW-Authenticate challenge.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::UNAUTHORIZED {
+            return (self.status, [(header::WWW_AUTHENTICATE, WWW_AUTHENTICATE)]).into_response();
+        }
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<HookError> for ApiError {
+    fn from(e: HookError) -> Self {
+        match e {
+            HookError::UnknownService(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_service", e.to_string())
+            }
+            HookError::HookMismatch { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "hook_mismatch",
+                e.to_string(),
+            ),
+            HookError::BadContext(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string())
+            }
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
+    let cors = {
+        let base = CorsLayer::new()
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600));
+        if limits.cors_origins.iter().any(|o| o == "*") {
+            base.allow_origin(AllowOrigin::any())
+        } else {
+            let origins: Vec<HeaderValue> = limits
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            base.allow_origin(origins)
+        }
+    };
+    let x_request_id = header::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/cds-services", get(discovery))
+        .route("/cds-services/{id}", post(hook))
+        .route("/cds-services/{id}/feedback", post(feedback))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.request_timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            // The path only: no query, no headers, no body (no PHI, no tokens).
+            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn discovery(State(s): State<Arc<AppState>>) -> Json<Discovery> {
+    Json(s.catalogue.clone())
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ready", "knowledge": s.kb.summary().medications, "store": "memory"}))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The URL the client called, as it should appear in the JWT aud.
+fn expected_aud(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    crate::auth::aud::expected(s.public_base_url.as_deref(), "http", host, uri.path())
+}
+
+async fn authenticate(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Principal, ApiError> {
+    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "");
+    let aud = expected_aud(s, headers, uri).ok_or_else(unauthorized)?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    s.verifier
+        .verify(authorization, &aud, now())
+        .await
+        .map_err(|_| unauthorized())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json")
+        || mime.eq_ignore_ascii_case("application/fhir+json")
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// Parses a body, naming the offending field but never echoing the body or the parser's text.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if e.inner().is_syntax() || e.inner().is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the body is not valid JSON",
+            )
+        } else if path == "." {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "a required field is missing or the body has the wrong shape",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("field {path} is missing or of the wrong type"),
+            )
+        }
+    })
+}
+
+fn body_or_error(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is larger than the configured limit",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the body could not be read",
+            )
+        }
+    })
+}
+
+async fn hook(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    if s.catalogue.service(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_service",
+            format!("no service with id {id:?}"),
+        ));
+    }
+    let principal = authenticate(&s, &headers, &uri).await?;
+    require_json(&headers)?;
+    let body = body_or_error(body)?;
+    let mut req: CdsRequest = parse(&body)?;
+    // A fhirServer the issuer may not name is treated as absent.
+    if req
+        .fhir_server
+        .as_deref()
+        .is_some_and(|f| !principal.allows_fhir_server(f))
+    {
+        req.fhir_server = None;
+        req.fhir_authorization = None;
+    }
+    let today = s
+        .fixed_today
+        .unwrap_or_else(|| chrono::Local::now().date_naive());
+    let out = evaluate_request(&s.kb, &s.catalogue, &id, &req, today)?;
+    let rules: Vec<&str> = out.evaluation.findings.iter().map(|f| f.rule()).collect();
+    tracing::info!(service = %id, hook = %req.hook, cards = out.response.cards.len(), rules = ?rules, "evaluated");
+    Ok(Json(out.response).into_response())
+}
+
+async fn feedback(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    if s.catalogue.service(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_service",
+            format!("no service with id {id:?}"),
+        ));
+    }
+    authenticate(&s, &headers, &uri).await?;
+    require_json(&headers)?;
+    let body = body_or_error(body)?;
+    let fb: FeedbackRequest = parse(&body)?;
+    let n = fb.feedback.len();
+    if let Ok(mut store) = s.feedback.lock() {
+        store.extend(fb.feedback.into_iter().map(|f| (id.clone(), f)));
+    }
+    tracing::info!(service = %id, items = n, "feedback stored");
+    Ok(Json(json!({})).into_response())
+}
+
+/// Builds the state from a validated configuration: knowledge tables, catalogue, issuers.
+pub async fn build_state(config: &crate::config::Config) -> Result<AppState, String> {
+    let kb =
+        crate::knowledge_files::load(config.knowledge_dir.as_deref()).map_err(|e| e.to_string())?;
+    let catalogue = Discovery::embedded().map_err(|e| format!("service catalogue: {e}"))?;
+    let replay = Arc::new(crate::auth::replay::MemoryReplayGuard::default());
+    let verifier = Verifier::new(config.auth.clone(), replay)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(AppState {
+        kb,
+        catalogue,
+        verifier,
+        public_base_url: config.server.public_base_url.clone(),
+        feedback: Mutex::new(Vec::new()),
+        fixed_today: None,
+    })
+}
+
+/// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state, &limits))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received: draining");
+}

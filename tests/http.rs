@@ -1,0 +1,449 @@
+//! Black-box tests of the HTTP surface: the real router on port 0, called as an EHR would, with
+//! JWTs minted here; and one smoke test of the compiled binary (serve + healthcheck + SIGTERM).
+
+use offramp::auth::{AuthSettings, IssuerConfig};
+use offramp::config::{Config, ServerConfig};
+use offramp::http::{Limits, build_state, run};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::Path;
+
+mod support;
+use support::{Key, jwks};
+
+const ISS: &str = "https://ehr.example.org";
+
+struct App {
+    base: String,
+    key: Key,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn spawn_app(limits: Limits) -> App {
+    let key = Key::es384("test-1");
+    let dir = std::env::temp_dir().join(format!("offramp-http-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jwks_file = dir.join("jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&key])).expect("jwks");
+    let config = Config {
+        server: ServerConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            public_base_url: None,
+        },
+        auth: AuthSettings {
+            issuers: vec![IssuerConfig {
+                iss: ISS.into(),
+                algorithms: vec!["ES384".into()],
+                jwks_url: None,
+                jwks_file: Some(jwks_file),
+                jku_allowlist: vec![],
+                fhir_servers: vec![],
+                tenant: None,
+            }],
+            ..AuthSettings::default()
+        },
+        knowledge_dir: None,
+    };
+    let mut state = build_state(&config).await.expect("state");
+    // The example histories are dated: evaluate them on the day their expected cards were made.
+    state.fixed_today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23);
+    let state = std::sync::Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, state, limits, async {
+        let _ = rx.await;
+    }));
+    App {
+        base,
+        key,
+        client: reqwest::Client::new(),
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl App {
+    fn token(&self, path: &str) -> String {
+        let t = now();
+        let claims = json!({"iss": ISS, "aud": format!("{}{path}", self.base), "iat": t, "exp": t + 60,
+                            "jti": uuid::Uuid::new_v4().to_string()});
+        format!("Bearer {}", self.key.sign(&claims))
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        content_type: &str,
+        auth: bool,
+    ) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body.to_string());
+        if auth {
+            r = r.header("authorization", self.token(path));
+        }
+        r.send().await.expect("send")
+    }
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("cds-hooks/examples/requests/{name}.json")),
+    )
+    .expect("example")
+}
+
+#[tokio::test]
+async fn discovery_needs_no_token_and_lists_both_services() {
+    let app = spawn_app(Limits::default()).await;
+    for auth in [None, Some("Bearer whatever")] {
+        let mut r = app.client.get(format!("{}/cds-services", app.base));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let resp = r.send().await.expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: Value = resp.json().await.expect("json");
+        let ids: Vec<&str> = v["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["offramp-order-select", "offramp-order-sign"]);
+        assert!(v["services"][0]["prefetch"]["patient"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn every_example_gets_the_same_cards_as_the_cli() {
+    let app = spawn_app(Limits::default()).await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cds-hooks/examples/requests");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("dir") {
+        let path = e.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        if !name.ends_with(".json") || name.ends_with(".expected.json") {
+            continue;
+        }
+        let body = std::fs::read_to_string(&path).expect("read");
+        let hook = serde_json::from_str::<Value>(&body).expect("json")["hook"]
+            .as_str()
+            .expect("hook")
+            .to_string();
+        let resp = app
+            .post(
+                &format!("/cds-services/offramp-{hook}"),
+                &body,
+                "application/json",
+                true,
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{name}");
+        let got: Value = resp.json().await.expect("json");
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(path.with_extension("expected.json")).expect("expected"),
+        )
+        .expect("json");
+        let summaries = |v: &Value| -> Vec<String> {
+            v["cards"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| c["summary"].as_str().unwrap_or("").to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let indicators = |v: &Value| -> Vec<String> {
+            v["cards"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| c["indicator"].as_str().unwrap_or("").to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            indicators(&got),
+            indicators(&expected),
+            "{name}: {:?}",
+            summaries(&got)
+        );
+        n += 1;
+    }
+    assert!(n >= 10);
+}
+
+#[tokio::test]
+async fn errors_have_the_right_status_and_say_which_field() {
+    let app = spawn_app(Limits {
+        max_body_bytes: 64 * 1024,
+        ..Limits::default()
+    })
+    .await;
+    let sign = "/cds-services/offramp-order-sign";
+    let good = example("order-sign-new-benzo-start");
+
+    let r = app.post(sign, &good, "application/json", false).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()
+            .get("www-authenticate")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer"))
+    );
+    assert!(r.text().await.expect("body").is_empty(), "401 is bare");
+
+    let r = app
+        .post("/cds-services/nope", &good, "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let r = app
+        .client
+        .get(format!("{}{sign}", app.base))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let r = app.post(sign, &good, "text/plain", true).await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let r = app
+        .post(
+            sign,
+            "{\"hook\": \"order-sign\", secret-patient-name",
+            "application/json",
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let text = r.text().await.expect("body");
+    assert!(
+        !text.contains("secret-patient-name"),
+        "the body is never echoed: {text}"
+    );
+
+    let mut wrong: Value = serde_json::from_str(&good).expect("json");
+    wrong["context"]["patientId"] = json!(12345);
+    let r = app
+        .post(sign, &wrong.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("patientId"),
+        "{v}"
+    );
+
+    let mut mismatch: Value = serde_json::from_str(&good).expect("json");
+    mismatch["hook"] = json!("order-select");
+    let r = app
+        .post(sign, &mismatch.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(100 * 1024));
+    let r = app.post(sign, &huge, "application/json", true).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value = r.json().await.expect("json error body");
+    assert_eq!(v["error"], "body_too_large");
+
+    // Real clients send no draftOrders, or a draft without a medication yet: 200, no cards.
+    let mut none: Value = serde_json::from_str(&good).expect("json");
+    none["context"]
+        .as_object_mut()
+        .expect("ctx")
+        .remove("draftOrders");
+    let r = app
+        .post(sign, &none.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.expect("json"), json!({"cards": []}));
+}
+
+#[tokio::test]
+async fn the_same_token_cannot_be_replayed() {
+    let app = spawn_app(Limits::default()).await;
+    let path = "/cds-services/offramp-order-sign";
+    let token = app.token(path);
+    let body = example("order-sign-new-benzo-start");
+    let send = || {
+        app.client
+            .post(format!("{}{path}", app.base))
+            .header("content-type", "application/json")
+            .header("authorization", token.clone())
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send().await.expect("send").status(), StatusCode::OK);
+    assert_eq!(
+        send().await.expect("send").status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn feedback_is_validated_and_acknowledged() {
+    let app = spawn_app(Limits::default()).await;
+    let path = "/cds-services/offramp-order-sign/feedback";
+    let fb = json!({"feedback": [{"card": "c1", "outcome": "overridden",
+        "overrideReason": {"reason": {"system": "http://offramp.health/fhir/CodeSystem/override-reason", "code": "short-course"}},
+        "outcomeTimestamp": "2026-11-23T10:00:00Z"}]});
+    let r = app
+        .post(path, &fb.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let bad = json!({"feedback": [{"card": "c1", "outcome": "maybe", "outcomeTimestamp": "x"}]});
+    let r = app
+        .post(path, &bad.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = app
+        .post(path, &fb.to_string(), "application/json", false)
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn cors_preflight_and_request_ids() {
+    let app = spawn_app(Limits::default()).await;
+    let r = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/cds-services/offramp-order-sign", app.base),
+        )
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("send");
+    assert!(r.status().is_success());
+    let allow = r
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        allow.contains("authorization") && allow.contains("content-type"),
+        "{allow}"
+    );
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-42")
+    );
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("send");
+    assert!(
+        r.headers().get("x-request-id").is_some(),
+        "one is made when none is sent"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server_cleanly() {
+    let mut app = spawn_app(Limits::default()).await;
+    assert_eq!(
+        app.client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+    if let Some(stop) = app.stop.take() {
+        let _ = stop.send(());
+    }
+    let done = tokio::time::timeout(std::time::Duration::from_secs(5), &mut app.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "server ended cleanly");
+    assert!(
+        app.client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn the_binary_serves_and_answers_its_healthcheck() {
+    use std::io::BufRead;
+    let bin = env!("CARGO_BIN_EXE_offramp");
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut addr = None;
+    for line in std::io::BufReader::new(stdout).lines().take(50) {
+        let line = line.expect("line");
+        if let Some(a) = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["fields"]["address"].as_str().map(String::from))
+        {
+            addr = Some(a);
+            break;
+        }
+    }
+    let addr = addr.expect("the bound address is logged");
+    let ok = std::process::Command::new(bin)
+        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
+        .status()
+        .expect("healthcheck");
+    assert!(ok.success());
+    // SIGTERM: a clean exit.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let down = std::process::Command::new(bin)
+        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
+        .status()
+        .expect("healthcheck");
+    assert!(!down.success(), "healthcheck fails when nothing listens");
+}
