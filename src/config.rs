@@ -16,6 +16,13 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     #[serde(default)]
     pub public_base_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub drain_timeout_ms: u64,
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -91,6 +98,16 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "server.public_base_url {u:?} is not an http(s) URL"
             )));
+        }
+        let srv = &self.server;
+        if srv.max_body_bytes < 1024
+            || srv.max_concurrent_requests == 0
+            || srv.request_timeout_ms == 0
+            || srv.header_read_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "server limits must be positive (max_body_bytes at least 1024)".into(),
+            ));
         }
         if self.auth.leeway_seconds > 300 {
             return Err(ConfigError::Invalid(

@@ -2,7 +2,7 @@
 //! JWTs minted here; and one smoke test of the compiled binary (serve + healthcheck + SIGTERM).
 
 use offramp::auth::{AuthSettings, IssuerConfig};
-use offramp::config::{Config, ServerConfig};
+use offramp::config::Config;
 use offramp::http::{Limits, build_state, run};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -34,10 +34,7 @@ async fn spawn_app(limits: Limits) -> App {
     let jwks_file = dir.join("jwks.json");
     std::fs::write(&jwks_file, jwks(&[&key])).expect("jwks");
     let config = Config {
-        server: ServerConfig {
-            bind: "127.0.0.1:0".parse().expect("addr"),
-            public_base_url: None,
-        },
+        server: Config::load(None, &[]).expect("defaults").server,
         auth: AuthSettings {
             issuers: vec![IssuerConfig {
                 iss: ISS.into(),
@@ -446,4 +443,113 @@ fn the_binary_serves_and_answers_its_healthcheck() {
         .status()
         .expect("healthcheck");
     assert!(!down.success(), "healthcheck fails when nothing listens");
+}
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn raw(app: &App) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect")
+}
+
+async fn read_some(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(within, s.read(&mut buf)).await {
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+        Ok(Err(_)) => Some(String::new()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let app = spawn_app(Limits {
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let mut s = raw(&app).await;
+    s.write_all(b"POST /cds-services/offramp-order-sign HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let got = read_some(&mut s, std::time::Duration::from_secs(3)).await;
+    assert!(
+        got.is_some(),
+        "the server closed the connection (or answered) instead of waiting forever"
+    );
+    // The server is still serving others.
+    assert_eq!(
+        app.client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_one_megabyte_header_is_refused() {
+    let app = spawn_app(Limits::default()).await;
+    let mut s = raw(&app).await;
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let got = read_some(&mut s, std::time::Duration::from_secs(3))
+        .await
+        .unwrap_or_default();
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 431"), "{got}");
+}
+
+#[tokio::test]
+async fn a_saturated_server_answers_503_at_once() {
+    let app = spawn_app(Limits {
+        max_concurrent_requests: 1,
+        ..Limits::default()
+    })
+    .await;
+    // One request holds the only slot: its body never completes.
+    let mut s = raw(&app).await;
+    s.write_all(b"POST /cds-services/offramp-order-sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").await.expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "overloaded");
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let mut app = spawn_app(Limits::default()).await;
+    let mut s = raw(&app).await;
+    let body = "{}";
+    s.write_all(format!("POST /cds-services/offramp-order-sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{", body.len()).as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    if let Some(stop) = app.stop.take() {
+        let _ = stop.send(());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    s.write_all(b"}")
+        .await
+        .expect("the connection is still open during the drain");
+    let got = read_some(&mut s, std::time::Duration::from_secs(3))
+        .await
+        .unwrap_or_default();
+    assert!(
+        got.starts_with("HTTP/1.1 401"),
+        "the in-flight request got its answer: {got:?}"
+    );
+    let done = tokio::time::timeout(std::time::Duration::from_secs(5), &mut app.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))));
 }

@@ -35,6 +35,14 @@ pub struct AppState {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// A client that has not sent its headers by then is dropped (slowloris).
+    pub header_read_timeout: Duration,
+    /// Larger request heads get 431 (hyper's floor is 8 KiB).
+    pub max_header_bytes: usize,
+    /// Requests in flight beyond this get 503 at once.
+    pub max_concurrent_requests: usize,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
     pub cors_origins: Vec<String>,
 }
 
@@ -43,7 +51,25 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+            max_concurrent_requests: 256,
+            drain_timeout: Duration::from_secs(10),
             cors_origins: vec!["*".into()],
+        }
+    }
+}
+
+impl From<&crate::config::ServerConfig> for Limits {
+    fn from(c: &crate::config::ServerConfig) -> Self {
+        Limits {
+            max_body_bytes: c.max_body_bytes,
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            max_header_bytes: c.max_header_bytes,
+            max_concurrent_requests: c.max_concurrent_requests,
+            drain_timeout: Duration::from_millis(c.drain_timeout_ms),
+            cors_origins: c.cors_origins.clone(),
         }
     }
 }
@@ -131,6 +157,15 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry")
+                }))
+                .load_shed()
+                // One semaphore for the whole router: Router::layer wraps each route apart.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests)),
+        )
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.request_timeout))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -325,16 +360,58 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
     })
 }
 
-/// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish.
+/// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish
+/// (for at most `drain_timeout`). Connections are served by hyper directly so header size and
+/// header read time are bounded.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, &limits))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use tower::Service;
+    let app = router(state, &limits);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let app = app.clone();
+                let svc = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    app.clone().call(req)
+                });
+                let conn = graceful.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.drain_timeout) => {
+            tracing::warn!("drain timeout: closing remaining connections");
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.
