@@ -267,6 +267,21 @@ async fn errors_have_the_right_status_and_say_which_field() {
     let v: Value = r.json().await.expect("json error body");
     assert_eq!(v["error"], "body_too_large");
 
+    // A medication order with none of the medication history prefetched (and no FHIR fetch): 412.
+    let mut no_data: Value = serde_json::from_str(&good).expect("json");
+    no_data.as_object_mut().expect("obj").remove("prefetch");
+    let r = app
+        .post(sign, &no_data.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    // Part missing (null) is evaluated with what is there.
+    let mut part: Value = serde_json::from_str(&good).expect("json");
+    part["prefetch"]["medicationDispenses"] = Value::Null;
+    let r = app
+        .post(sign, &part.to_string(), "application/json", true)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
     // Real clients send no draftOrders, or a draft without a medication yet: 200, no cards.
     let mut none: Value = serde_json::from_str(&good).expect("json");
     none["context"]

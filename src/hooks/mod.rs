@@ -31,6 +31,10 @@ pub enum HookError {
     /// 400: a required context field is missing or of the wrong type.
     #[error("context: {0}")]
     BadContext(String),
+    /// 412: a medication order needs the patient's medication history, and none of it was
+    /// prefetched (fetching from fhirServer comes with the FHIR client).
+    #[error("the medication history was neither prefetched nor fetchable")]
+    DataUnavailable,
 }
 
 /// What one evaluation produced, for the response and for logs and metrics.
@@ -128,6 +132,23 @@ pub fn evaluate_request(
             record,
         });
         raw.push((reference, v.clone()));
+    }
+    // Orders that need a history: in scope for the rules. Without any, no data is required.
+    let needs_history = drafts
+        .iter()
+        .any(|d| d.selected && d.medication.is_some_and(|m| m.opens_episode()));
+    let history_keys = [
+        "medicationRequests",
+        "medicationDispenses",
+        "medicationStatements",
+    ];
+    let has_history = req.prefetch.as_ref().is_some_and(|p| {
+        history_keys
+            .iter()
+            .any(|k| service.prefetch.contains_key(*k) && p.get(*k).is_some_and(|v| !v.is_null()))
+    });
+    if needs_history && !has_history {
+        return Err(HookError::DataUnavailable);
     }
     let user = Some(ctx.user_id.as_str()).filter(|u| !u.is_empty());
     let evaluation = evaluate(&RuleInput {

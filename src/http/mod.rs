@@ -120,6 +120,11 @@ impl From<HookError> for ApiError {
             HookError::BadContext(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string())
             }
+            HookError::DataUnavailable => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "data_unavailable",
+                e.to_string(),
+            ),
         }
     }
 }
