@@ -156,8 +156,10 @@ fn evaluate(
     };
     let service = service.unwrap_or_else(|| format!("offramp-{}", req.hook));
     let today = today.unwrap_or_else(|| chrono::Local::now().date_naive());
-    match offramp::hooks::evaluate_request(kb, &catalogue, &service, &req, today) {
-        Ok(out) if handout => match offramp::hooks::handouts(kb, &out, today).first() {
+    // Offline there is no server to link to; the page is printed instead.
+    let calendar = handout.then_some("offline:calendar");
+    match offramp::hooks::evaluate_request_with(kb, &catalogue, &service, &req, today, calendar) {
+        Ok(out) if handout => match &out.calendar_html {
             Some(html) => print_out(html),
             None => fail("no taper plan in this response".into()),
         },

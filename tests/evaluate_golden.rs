@@ -367,10 +367,25 @@ fn the_handout_is_printable_and_names_nobody() {
     let kb = Knowledge::embedded().expect("kb");
     let d = Discovery::embedded().expect("catalogue");
     let req = example("order-select-long-term-alprazolam");
-    let out = evaluate_request(&kb, &d, "offramp-order-select", &req, today()).expect("ok");
-    let pages = offramp::hooks::handouts(&kb, &out, today());
-    assert_eq!(pages.len(), 1);
-    let html = &pages[0];
+    let url = "https://cds.example.org/calendar/abc";
+    let out = offramp::hooks::evaluate_request_with(
+        &kb,
+        &d,
+        "offramp-order-select",
+        &req,
+        today(),
+        Some(url),
+    )
+    .expect("ok");
+    let html = out
+        .calendar_html
+        .as_ref()
+        .expect("a calendar for the taper");
+    assert_eq!(
+        out.response.cards[0].links.first().map(|l| l.url.as_str()),
+        Some(url),
+        "the card links to it"
+    );
     assert!(
         html.starts_with("<!doctype html>") && html.contains("<svg") && html.contains("</svg>")
     );

@@ -568,3 +568,97 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     let done = tokio::time::timeout(std::time::Duration::from_secs(5), &mut app.task).await;
     assert!(matches!(done, Ok(Ok(Ok(())))));
 }
+
+/// The printable calendar behind the off-ramp card, served by the real server and rendered by
+/// headless Chromium (Debian's package; .ci/run installs it): the rendered DOM has the dose chart
+/// with one level per taper step, and the screenshot is not blank.
+// Multi-threaded: the server runs in this runtime while the test waits for Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calendar_page_renders_in_chromium() {
+    let app = spawn_app(Limits::default()).await;
+    let body = example("order-select-long-term-alprazolam");
+    let r = app
+        .post(
+            "/cds-services/offramp-order-select",
+            &body,
+            "application/json",
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let resp: Value = r.json().await.expect("json");
+    let card = &resp["cards"][0];
+    let url = card["links"][0]["url"]
+        .as_str()
+        .expect("calendar link")
+        .to_string();
+    assert!(url.starts_with(&app.base), "{url}");
+    let steps = card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"]
+        .as_array()
+        .expect("steps")
+        .len();
+    // The page needs no token, names nobody, and is not cached by intermediaries.
+    let page = app.client.get(&url).send().await.expect("get");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(
+        page.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let html = page.text().await.expect("html");
+    assert!(!html.contains("pt-1"));
+    let unknown = app
+        .client
+        .get(format!("{}/calendar/{}", app.base, uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("chromium is installed (apt-get install chromium; .ci/run does)");
+    let profile = std::env::temp_dir().join(format!("offramp-chromium-{}", uuid::Uuid::new_v4()));
+    let shot = profile.join("calendar.png");
+    std::fs::create_dir_all(&profile).expect("profile dir");
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+    ];
+    let run = |extra: Vec<String>| {
+        let mut cmd = std::process::Command::new(chromium);
+        cmd.args(flags)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url);
+        cmd.output().expect("chromium runs")
+    };
+    let dom = String::from_utf8_lossy(&run(vec!["--dump-dom".into()]).stdout).to_string();
+    let path = dom
+        .split("<path d=\"")
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .expect("the chart's path in the rendered DOM");
+    // The path starts at the current dose, then two points (start, end) per level, the stop included.
+    let points = path.matches('L').count();
+    assert_eq!(points, 2 * (steps + 1), "{path}");
+    run(vec![
+        format!("--screenshot={}", shot.display()),
+        "--window-size=800,1200".into(),
+    ]);
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.len() > 20_000,
+        "a blank page compresses to a few KB; got {} bytes",
+        png.len()
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+}

@@ -7,7 +7,8 @@ use crate::clinical::knowledge::Knowledge;
 use crate::clinical::{DrugClass, RxCui};
 use crate::plans::schedule::{OffRampPlan, off_ramp_plan};
 use crate::protocol::{
-    Action, ActionType, Card, Coding, Indicator, SelectionBehavior, Source, Suggestion, Summary,
+    Action, ActionType, Card, Coding, Indicator, Link, LinkType, SelectionBehavior, Source,
+    Suggestion, Summary,
 };
 use crate::rules::{
     CoPrescription, Evaluation, Finding, OffRamp, OnRamp, OpioidGabapentinoid, RiskReason, Severity,
@@ -61,6 +62,8 @@ pub struct RenderInput<'a> {
     pub hook_instance: &'a str,
     /// Each draft's reference ("MedicationRequest/id") and raw resource, by draft index.
     pub drafts: &'a [(Option<String>, Value)],
+    /// Where the printable taper calendar will be served, when the caller stores it.
+    pub calendar_url: Option<&'a str>,
 }
 
 fn uuid(input: &RenderInput<'_>, name: &str) -> String {
@@ -446,7 +449,15 @@ fn off_ramp(input: &RenderInput<'_>, f: &OffRamp, i: usize) -> Option<Card> {
             reason("palliative", "Palliative or end-of-life care"),
             reason("patient-declines", "Patient declines after discussion"),
         ],
-        links: vec![],
+        links: match (&plan, input.calendar_url) {
+            (Some(_), Some(url)) => vec![Link {
+                label: "Printable taper calendar for the patient".into(),
+                url: url.to_string(),
+                kind: LinkType::Absolute,
+                app_context: None,
+            }],
+            _ => vec![],
+        },
     })
 }
 

@@ -40,6 +40,8 @@ pub enum HookError {
 /// What one evaluation produced, for the response and for logs and metrics.
 pub struct Outcome {
     pub response: CdsResponse,
+    /// The printable calendar of the first taper plan, when a card links to it.
+    pub calendar_html: Option<String>,
     pub evaluation: Evaluation,
     pub history_records: usize,
     pub skipped_resources: usize,
@@ -67,6 +69,19 @@ pub fn evaluate_request(
     service_id: &str,
     req: &CdsRequest,
     today: NaiveDate,
+) -> Result<Outcome, HookError> {
+    evaluate_request_with(kb, catalogue, service_id, req, today, None)
+}
+
+/// As [`evaluate_request`], with the URL the server will serve the taper calendar at; the card
+/// links to it and the outcome carries the page to store.
+pub fn evaluate_request_with(
+    kb: &Knowledge,
+    catalogue: &Discovery,
+    service_id: &str,
+    req: &CdsRequest,
+    today: NaiveDate,
+    calendar_url: Option<&str>,
 ) -> Result<Outcome, HookError> {
     let service = catalogue
         .service(service_id)
@@ -169,14 +184,25 @@ pub fn evaluate_request(
             },
             hook_instance: &req.hook_instance,
             drafts: &raw,
+            calendar_url,
         },
         &evaluation,
     );
+    let calendar_html = calendar_url.and_then(|_| {
+        evaluation.findings.iter().find_map(|f| match f {
+            crate::rules::Finding::OffRamp(o) => {
+                crate::plans::schedule::off_ramp_plan(kb, o, today)
+            }
+            _ => None,
+        })
+    });
+    let calendar_html = calendar_html.map(|p| crate::cards::handout::taper_handout(&p));
     Ok(Outcome {
         response: CdsResponse {
             cards,
             system_actions: vec![],
         },
+        calendar_html,
         evaluation,
         history_records: history.records.len(),
         skipped_resources: history.skipped,
@@ -198,20 +224,4 @@ fn context_error(e: &serde_json::Error) -> String {
         }
     }
     "userId and patientId are required strings".into()
-}
-
-/// The printable handouts of an outcome's off-ramp plans (one per off-ramp finding with a plan).
-pub fn handouts(kb: &Knowledge, outcome: &Outcome, today: NaiveDate) -> Vec<String> {
-    outcome
-        .evaluation
-        .findings
-        .iter()
-        .filter_map(|f| match f {
-            crate::rules::Finding::OffRamp(o) => {
-                crate::plans::schedule::off_ramp_plan(kb, o, today)
-            }
-            _ => None,
-        })
-        .map(|p| crate::cards::handout::taper_handout(&p))
-        .collect()
 }

@@ -3,7 +3,7 @@
 
 use crate::auth::{Principal, Verifier, WWW_AUTHENTICATE};
 use crate::clinical::Knowledge;
-use crate::hooks::{HookError, evaluate_request};
+use crate::hooks::{HookError, evaluate_request_with};
 use crate::protocol::{CdsRequest, Discovery, FeedbackRequest};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -29,6 +29,19 @@ pub struct AppState {
     pub feedback: Mutex<Vec<(String, crate::protocol::Feedback)>>,
     /// Evaluate as of this day instead of the clock's (tests and demos of fixed examples).
     pub fixed_today: Option<chrono::NaiveDate>,
+    /// Printable calendars behind the card links, by unguessable id, expiring (in memory; Redis
+    /// comes with the shared store).
+    pub calendars: moka::sync::Cache<String, Arc<String>>,
+}
+
+/// A calendar page stays reachable this long after the card that links to it.
+pub const CALENDAR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub fn calendar_cache() -> moka::sync::Cache<String, Arc<String>> {
+    moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(CALENDAR_TTL)
+        .build()
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +168,7 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         .route("/cds-services", get(discovery))
         .route("/cds-services/{id}", post(hook))
         .route("/cds-services/{id}/feedback", post(feedback))
+        .route("/calendar/{id}", get(calendar))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -195,6 +209,37 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Our own base URL as the client sees it.
+fn base_url(s: &AppState, headers: &HeaderMap) -> Option<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    crate::auth::aud::expected(s.public_base_url.as_deref(), "http", host, "")
+}
+
+/// The printable calendar: no token (a patient or printer opens it), an unguessable id, no name
+/// or identifier in it, not cached by intermediaries.
+async fn calendar(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match s.calendars.get(&id) {
+        Some(html) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::REFERRER_POLICY, "no-referrer"),
+            ],
+            html.as_str().to_string(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such calendar (it may have expired)",
+        )
+        .into_response(),
+    }
 }
 
 /// The URL the client called, as it should appear in the JWT aud.
@@ -314,7 +359,19 @@ async fn hook(
     let today = s
         .fixed_today
         .unwrap_or_else(|| chrono::Local::now().date_naive());
-    let out = evaluate_request(&s.kb, &s.catalogue, &id, &req, today)?;
+    let calendar_id = uuid::Uuid::new_v4().to_string();
+    let calendar_url = base_url(&s, &headers).map(|b| format!("{b}/calendar/{calendar_id}"));
+    let out = evaluate_request_with(
+        &s.kb,
+        &s.catalogue,
+        &id,
+        &req,
+        today,
+        calendar_url.as_deref(),
+    )?;
+    if let Some(html) = &out.calendar_html {
+        s.calendars.insert(calendar_id, Arc::new(html.clone()));
+    }
     let rules: Vec<&str> = out.evaluation.findings.iter().map(|f| f.rule()).collect();
     tracing::info!(service = %id, hook = %req.hook, cards = out.response.cards.len(), rules = ?rules, "evaluated");
     Ok(Json(out.response).into_response())
@@ -362,6 +419,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         public_base_url: config.server.public_base_url.clone(),
         feedback: Mutex::new(Vec::new()),
         fixed_today: None,
+        calendars: calendar_cache(),
     })
 }
 
