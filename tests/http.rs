@@ -662,3 +662,49 @@ async fn the_calendar_page_renders_in_chromium() {
     );
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_the_served_one() {
+    let generated = serde_json::to_value(offramp::http::openapi()).expect("json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    if std::env::var_os("OFFRAMP_BLESS").is_some() {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&generated).expect("json") + "\n",
+        )
+        .expect("write");
+    }
+    let committed: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("openapi.json is committed"))
+            .expect("json");
+    assert_eq!(
+        committed, generated,
+        "regenerate with OFFRAMP_BLESS=1 cargo test --test http openapi"
+    );
+    let app = spawn_app(Limits::default()).await;
+    let served: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(served, generated);
+    assert!(
+        served["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    for p in [
+        "/cds-services",
+        "/cds-services/{id}",
+        "/cds-services/{id}/feedback",
+        "/healthz",
+        "/readyz",
+        "/calendar/{id}",
+    ] {
+        assert!(served["paths"][p].is_object(), "{p} documented");
+    }
+}

@@ -169,7 +169,8 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         .route("/cds-services/{id}", post(hook))
         .route("/cds-services/{id}/feedback", post(feedback))
         .route("/calendar/{id}", get(calendar))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -204,10 +205,54 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI 3 document of this API (also committed as openapi.json).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut doc = ApiDoc::openapi();
+    let scheme = utoipa::openapi::security::SecurityScheme::Http(
+        utoipa::openapi::security::HttpBuilder::new()
+            .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some("The CDS client's JWT (CDS Hooks 2.0): asymmetric, from a trusted issuer, aud = this endpoint's URL."))
+            .build(),
+    );
+    if let Some(c) = doc.components.as_mut() {
+        c.add_security_scheme("cds_client_jwt", scheme);
+    }
+    doc
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "offramp",
+        description = "CDS Hooks service: benzodiazepine on-ramp / off-ramp plans and opioid + benzodiazepine overdose-risk cards."
+    ),
+    paths(discovery, hook, feedback, healthz, ready, calendar),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// The body of every error but 401 (which is bare).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code, e.g. invalid_field, body_too_large.
+    pub error: String,
+    /// What is wrong, naming the field; never the request's own text.
+    pub message: String,
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/cds-services", responses((status = 200, description = "The CDS Hooks discovery document", body = Discovery)))]
 async fn discovery(State(s): State<Arc<AppState>>) -> Json<Discovery> {
     Json(s.catalogue.clone())
 }
 
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Knowledge loaded and store reachable")))]
 async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({"status": "ready", "knowledge": s.kb.summary().medications, "store": "memory"}))
 }
@@ -229,6 +274,9 @@ fn base_url(s: &AppState, headers: &HeaderMap) -> Option<String> {
 
 /// The printable calendar: no token (a patient or printer opens it), an unguessable id, no name
 /// or identifier in it, not cached by intermediaries.
+#[utoipa::path(get, path = "/calendar/{id}", params(("id" = String, Path, description = "The id in the card's link")),
+    responses((status = 200, description = "The printable taper calendar", content_type = "text/html"),
+               (status = 404, description = "Unknown or expired", body = ErrorBody)))]
 async fn calendar(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match s.calendars.get(&id) {
         Some(html) => (
@@ -336,6 +384,21 @@ fn body_or_error(
     })
 }
 
+#[utoipa::path(post, path = "/cds-services/{id}",
+    params(("id" = String, Path, description = "offramp-order-select or offramp-order-sign")),
+    request_body(content = CdsRequest, content_type = "application/json"),
+    security(("cds_client_jwt" = [])),
+    responses(
+        (status = 200, description = "Cards (possibly none)", body = crate::protocol::CdsResponse),
+        (status = 400, description = "Malformed JSON or a field of the wrong type", body = ErrorBody),
+        (status = 401, description = "Missing or invalid JWT (bare, with WWW-Authenticate)"),
+        (status = 404, description = "Unknown service", body = ErrorBody),
+        (status = 412, description = "A medication order needs the history, and none was prefetched", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "Well-formed but against the spec (hook does not match the service)", body = ErrorBody),
+        (status = 503, description = "Overloaded or timed out", body = ErrorBody),
+    ))]
 async fn hook(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -384,6 +447,18 @@ async fn hook(
     Ok(Json(out.response).into_response())
 }
 
+#[utoipa::path(post, path = "/cds-services/{id}/feedback",
+    params(("id" = String, Path, description = "The service the cards came from")),
+    request_body(content = FeedbackRequest, content_type = "application/json"),
+    security(("cds_client_jwt" = [])),
+    responses(
+        (status = 200, description = "Stored"),
+        (status = 400, description = "Invalid feedback", body = ErrorBody),
+        (status = 401, description = "Missing or invalid JWT"),
+        (status = 404, description = "Unknown service", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+    ))]
 async fn feedback(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,

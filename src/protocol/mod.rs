@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 
 /// A card summary: at most 140 characters, checked at construction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct Summary(String);
 
@@ -55,7 +55,7 @@ impl fmt::Display for Summary {
 }
 
 /// The hook call. `context` and `prefetch` stay JSON: each piece is read leniently later.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CdsRequest {
     pub hook: String,
@@ -64,13 +64,15 @@ pub struct CdsRequest {
     pub fhir_server: Option<String>,
     #[serde(default)]
     pub fhir_authorization: Option<FhirAuthorization>,
+    #[schema(value_type = Object)]
     pub context: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub prefetch: Option<Map<String, Value>>,
 }
 
 /// fhirAuthorization; `Debug` never shows the token.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
 pub struct FhirAuthorization {
     pub access_token: String,
     pub token_type: String,
@@ -94,7 +96,7 @@ impl fmt::Debug for FhirAuthorization {
 }
 
 /// order-select and order-sign context (order-sign has no selections).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderContext {
     pub user_id: String,
@@ -105,10 +107,11 @@ pub struct OrderContext {
     pub selections: Option<Vec<String>>,
     /// A Bundle; absent when a client re-fires the hook with nothing drafted.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub draft_orders: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CdsResponse {
     pub cards: Vec<Card>,
     #[serde(
@@ -119,7 +122,9 @@ pub struct CdsResponse {
     pub system_actions: Vec<Action>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Indicator {
     Info,
@@ -127,7 +132,7 @@ pub enum Indicator {
     Critical,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Card {
     pub uuid: String,
@@ -146,7 +151,7 @@ pub struct Card {
     pub links: Vec<Link>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Source {
     pub label: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,14 +162,14 @@ pub struct Source {
     pub topic: Option<Coding>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SelectionBehavior {
     AtMostOne,
     Any,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Suggestion {
     pub label: String,
@@ -175,7 +180,7 @@ pub struct Suggestion {
     pub actions: Vec<Action>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionType {
     Create,
@@ -183,20 +188,21 @@ pub enum ActionType {
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Action {
     #[serde(rename = "type")]
     pub kind: ActionType,
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub resource: Option<Value>,
     /// Relative references ("MedicationRequest/123"), for delete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resource_id: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 pub struct Coding {
     pub system: String,
     pub code: String,
@@ -204,14 +210,14 @@ pub struct Coding {
     pub display: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkType {
     Absolute,
     Smart,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Link {
     pub label: String,
@@ -222,19 +228,19 @@ pub struct Link {
     pub app_context: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FeedbackRequest {
     pub feedback: Vec<Feedback>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Accepted,
     Overridden,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Feedback {
     pub card: String,
@@ -246,12 +252,12 @@ pub struct Feedback {
     pub outcome_timestamp: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AcceptedSuggestion {
     pub id: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OverrideReason {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,12 +267,12 @@ pub struct OverrideReason {
 }
 
 /// GET /cds-services, as served from cds-hooks/services.json.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Discovery {
     pub services: Vec<ServiceDescriptor>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceDescriptor {
     pub hook: String,
@@ -274,6 +280,7 @@ pub struct ServiceDescriptor {
     pub title: String,
     pub description: String,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = Object)]
     pub prefetch: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_requirements: Option<String>,
