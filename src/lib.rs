@@ -14,3 +14,4 @@ pub mod knowledge_files;
 pub mod plans;
 pub mod protocol;
 pub mod rules;
+pub mod store;

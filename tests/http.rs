@@ -15,6 +15,7 @@ const ISS: &str = "https://ehr.example.org";
 
 struct App {
     base: String,
+    store: std::sync::Arc<offramp::store::MemoryStore>,
     key: Key,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -52,6 +53,10 @@ async fn spawn_app(limits: Limits) -> App {
     let mut state = build_state(&config).await.expect("state");
     // The example histories are dated: evaluate them on the day their expected cards were made.
     state.fixed_today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23);
+    let store = std::sync::Arc::new(offramp::store::MemoryStore::new(
+        offramp::http::CALENDAR_TTL,
+    ));
+    state.store = store.clone();
     let state = std::sync::Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -63,6 +68,7 @@ async fn spawn_app(limits: Limits) -> App {
     }));
     App {
         base,
+        store,
         key,
         client: reqwest::Client::new(),
         stop: Some(tx),
@@ -327,11 +333,25 @@ async fn feedback_is_validated_and_acknowledged() {
         .post(path, &fb.to_string(), "application/json", true)
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+    let stored = app.store.feedback();
+    assert_eq!(stored.len(), 1, "acknowledged means stored");
+    assert_eq!(stored[0].0, "offramp-order-sign");
+    let reason = stored[0]
+        .1
+        .override_reason
+        .as_ref()
+        .and_then(|r| r.reason.as_ref());
+    assert_eq!(reason.map(|c| c.code.as_str()), Some("short-course"));
     let bad = json!({"feedback": [{"card": "c1", "outcome": "maybe", "outcomeTimestamp": "x"}]});
     let r = app
         .post(path, &bad.to_string(), "application/json", true)
         .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.store.feedback().len(),
+        1,
+        "nothing stored from a refused request"
+    );
     let r = app
         .post(path, &fb.to_string(), "application/json", false)
         .await;

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -25,24 +25,14 @@ pub struct AppState {
     pub verifier: Verifier,
     /// The URL EHRs use to reach us (for the JWT aud); None builds it from the Host header.
     pub public_base_url: Option<String>,
-    /// Feedback received (the in-memory store; Redis comes with issue 8).
-    pub feedback: Mutex<Vec<(String, crate::protocol::Feedback)>>,
+    /// Feedback and calendars (memory by default).
+    pub store: Arc<dyn crate::store::Store>,
     /// Evaluate as of this day instead of the clock's (tests and demos of fixed examples).
     pub fixed_today: Option<chrono::NaiveDate>,
-    /// Printable calendars behind the card links, by unguessable id, expiring (in memory; Redis
-    /// comes with the shared store).
-    pub calendars: moka::sync::Cache<String, Arc<String>>,
 }
 
 /// A calendar page stays reachable this long after the card that links to it.
 pub const CALENDAR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-pub fn calendar_cache() -> moka::sync::Cache<String, Arc<String>> {
-    moka::sync::Cache::builder()
-        .max_capacity(10_000)
-        .time_to_live(CALENDAR_TTL)
-        .build()
-}
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -254,7 +244,10 @@ async fn discovery(State(s): State<Arc<AppState>>) -> Json<Discovery> {
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Knowledge loaded and store reachable")))]
 async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ready", "knowledge": s.kb.summary().medications, "store": "memory"}))
+    Json(
+        json!({"status": "ready", "knowledge": s.kb.summary().medications,
+        "store": s.store.kind(), "store_health": s.store.health()}),
+    )
 }
 
 fn now() -> i64 {
@@ -278,7 +271,7 @@ fn base_url(s: &AppState, headers: &HeaderMap) -> Option<String> {
     responses((status = 200, description = "The printable taper calendar", content_type = "text/html"),
                (status = 404, description = "Unknown or expired", body = ErrorBody)))]
 async fn calendar(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match s.calendars.get(&id) {
+    match s.store.get_calendar(&id) {
         Some(html) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -439,8 +432,11 @@ async fn hook(
         today,
         calendar_url.as_deref(),
     )?;
-    if let Some(html) = &out.calendar_html {
-        s.calendars.insert(calendar_id, Arc::new(html.clone()));
+    if let Some(html) = &out.calendar_html
+        && let Err(e) = s.store.put_calendar(&calendar_id, Arc::new(html.clone()))
+    {
+        // The cards are still right; only the printable page is missing.
+        tracing::warn!(error = %e, "calendar not stored");
     }
     let rules: Vec<&str> = out.evaluation.findings.iter().map(|f| f.rule()).collect();
     tracing::info!(service = %id, hook = %req.hook, cards = out.response.cards.len(), rules = ?rules, "evaluated");
@@ -478,9 +474,15 @@ async fn feedback(
     let body = body_or_error(body)?;
     let fb: FeedbackRequest = parse(&body)?;
     let n = fb.feedback.len();
-    if let Ok(mut store) = s.feedback.lock() {
-        store.extend(fb.feedback.into_iter().map(|f| (id.clone(), f)));
-    }
+    // Acknowledged only once stored; otherwise 503 so the EHR retries.
+    s.store.put_feedback(&id, &fb.feedback).map_err(|e| {
+        tracing::warn!(error = %e, "feedback not stored");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "feedback could not be stored; retry",
+        )
+    })?;
     tracing::info!(service = %id, items = n, "feedback stored");
     Ok(Json(json!({})).into_response())
 }
@@ -499,9 +501,8 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         catalogue,
         verifier,
         public_base_url: config.server.public_base_url.clone(),
-        feedback: Mutex::new(Vec::new()),
+        store: Arc::new(crate::store::MemoryStore::new(CALENDAR_TTL)),
         fixed_today: None,
-        calendars: calendar_cache(),
     })
 }
 
