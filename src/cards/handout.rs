@@ -77,12 +77,7 @@ fn chart(plan: &OffRampPlan<'_>) -> String {
 /// The handout as a standalone HTML page.
 pub fn taper_handout(plan: &OffRampPlan<'_>) -> String {
     let drug = esc(&plan.ingredient_name);
-    let strength = plan
-        .product
-        .ingredients
-        .first()
-        .and_then(|i| i.strength)
-        .map_or(0.0, |s| s.amount);
+    let strength = plan.strength_mg();
     let mut rows = String::new();
     for s in &plan.taper.steps {
         if s.mg_per_day <= 0.0 {
@@ -93,11 +88,7 @@ pub fn taper_handout(plan: &OffRampPlan<'_>) -> String {
             );
             continue;
         }
-        let tabs = if strength > 0.0 {
-            s.mg_per_day / strength
-        } else {
-            0.0
-        };
+        let tabs = plan.tablets(s.mg_per_day);
         let _ = write!(
             rows,
             "<tr><td>{}</td><td>{}</td><td>{} mg</td><td>{} × {} mg</td></tr>",

@@ -250,12 +250,7 @@ fn on_ramp(input: &RenderInput<'_>, f: &OnRamp, i: usize) -> Card {
 }
 
 fn plan_table(plan: &OffRampPlan<'_>) -> String {
-    let strength = plan
-        .product
-        .ingredients
-        .first()
-        .and_then(|i| i.strength)
-        .map_or(0.0, |s| s.amount);
+    let strength = plan.strength_mg();
     let mut t =
         String::from("| Step | From | To | mg a day | Tablets a day |\n|---|---|---|---|---|\n");
     for (n, s) in plan.taper.steps.iter().enumerate() {
@@ -263,11 +258,7 @@ fn plan_table(plan: &OffRampPlan<'_>) -> String {
             let _ = writeln!(t, "| {} | {} | | **stop** | none |", n + 1, s.start);
             continue;
         }
-        let tabs = if strength > 0.0 {
-            s.mg_per_day / strength
-        } else {
-            0.0
-        };
+        let tabs = plan.tablets(s.mg_per_day);
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} × {} mg |",

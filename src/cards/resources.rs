@@ -57,18 +57,14 @@ fn tablets(n: f64) -> Value {
 /// daily dose), and the tablets the whole plan needs.
 pub fn taper_request(o: &Origin<'_>, product: &Medication, plan: &TaperPlan, note: &str) -> Value {
     let mut r = base_request(o, product);
-    let strength = product
-        .ingredients
-        .first()
-        .and_then(|i| i.strength)
-        .map_or(0.0, |s| s.amount);
+    let strength = crate::plans::schedule::strength_of(product);
     let steps: Vec<Value> = plan
         .steps
         .iter()
         .filter(|s| s.mg_per_day > 0.0)
         .enumerate()
         .map(|(i, s)| {
-            let per_day = if strength > 0.0 { s.mg_per_day / strength } else { 0.0 };
+            let per_day = crate::plans::schedule::tablets_of(product, s.mg_per_day);
             json!({
                 "sequence": i + 1,
                 "text": format!("{} to {}: {} mg a day ({} tablet{} of {} mg a day, split as before)",

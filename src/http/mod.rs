@@ -311,6 +311,27 @@ async fn authenticate(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Pr
         .map_err(|_| unauthorized())
 }
 
+/// What every POST shares, in order: a known service (404), a valid token (401), a JSON
+/// content type (415), a readable body within the limit (413).
+async fn admit(
+    s: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(Principal, Bytes), ApiError> {
+    if s.catalogue.service(id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_service",
+            format!("no service with id {id:?}"),
+        ));
+    }
+    let principal = authenticate(s, headers, uri).await?;
+    require_json(headers)?;
+    Ok((principal, body_or_error(body)?))
+}
+
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -399,16 +420,7 @@ async fn hook(
     uri: Uri,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if s.catalogue.service(&id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_service",
-            format!("no service with id {id:?}"),
-        ));
-    }
-    let principal = authenticate(&s, &headers, &uri).await?;
-    require_json(&headers)?;
-    let body = body_or_error(body)?;
+    let (principal, body) = admit(&s, &id, &headers, &uri, body).await?;
     let mut req: CdsRequest = parse(&body)?;
     // A fhirServer the issuer may not name is treated as absent.
     if req
@@ -462,16 +474,7 @@ async fn feedback(
     uri: Uri,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if s.catalogue.service(&id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_service",
-            format!("no service with id {id:?}"),
-        ));
-    }
-    authenticate(&s, &headers, &uri).await?;
-    require_json(&headers)?;
-    let body = body_or_error(body)?;
+    let (_, body) = admit(&s, &id, &headers, &uri, body).await?;
     let fb: FeedbackRequest = parse(&body)?;
     let n = fb.feedback.len();
     // Acknowledged only once stored; otherwise 503 so the EHR retries.

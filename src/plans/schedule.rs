@@ -10,7 +10,8 @@ use chrono::NaiveDate;
 
 const DIAZEPAM: u32 = 3322;
 
-fn strength_of(m: &Medication) -> f64 {
+/// mg in one unit of a single-ingredient product (0 when unknown).
+pub fn strength_of(m: &Medication) -> f64 {
     m.ingredients
         .first()
         .and_then(|i| i.strength)
@@ -178,6 +179,24 @@ pub fn off_ramp_plan<'k>(
         others,
         switch,
     })
+}
+
+impl OffRampPlan<'_> {
+    /// mg in one tablet of the product the plan is made from.
+    pub fn strength_mg(&self) -> f64 {
+        strength_of(self.product)
+    }
+
+    /// Tablets a day of that product for a daily dose.
+    pub fn tablets(&self, mg_per_day: f64) -> f64 {
+        tablets_of(self.product, mg_per_day)
+    }
+}
+
+/// Tablets a day of `product` for a daily dose (0 if its strength is unknown).
+pub fn tablets_of(product: &Medication, mg_per_day: f64) -> f64 {
+    let s = strength_of(product);
+    if s > 0.0 { mg_per_day / s } else { 0.0 }
 }
 
 /// A contact a week after each reduction, then every `every` days while the step lasts, and one
