@@ -185,24 +185,22 @@ fn print_out(s: &str) -> ExitCode {
     }
 }
 
-fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+/// The configuration from its layers and the process environment; exit 2 with the reason.
+fn load_config(file: Option<&std::path::Path>) -> Result<offramp::config::Config, ExitCode> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let config = match offramp::config::Config::load(file, &env) {
+    offramp::config::Config::load(file, &env).map_err(|e| {
+        eprintln!("offramp: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    let config = match load_config(file) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("offramp: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("offramp: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let replay = std::sync::Arc::new(offramp::auth::replay::MemoryReplayGuard::default());
     if let Err(e) = runtime.block_on(offramp::auth::Verifier::new(config.auth.clone(), replay)) {
@@ -240,13 +238,9 @@ fn serve(file: Option<&std::path::Path>, listen: Option<std::net::SocketAddr>) -
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    let config = match offramp::config::Config::load(file, &env) {
+    let config = match load_config(file) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("offramp: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     for w in config.warnings() {
         tracing::warn!("{w}");
