@@ -77,6 +77,14 @@ async fn spawn_app(limits: Limits) -> App {
 }
 
 impl App {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("send")
+    }
+
     fn token(&self, path: &str) -> String {
         let t = now();
         let claims = json!({"iss": ISS, "aud": format!("{}{path}", self.base), "iat": t, "exp": t + 60,
@@ -400,12 +408,7 @@ async fn cors_preflight_and_request_ids() {
             .and_then(|v| v.to_str().ok()),
         Some("req-42")
     );
-    let r = app
-        .client
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .expect("send");
+    let r = app.get("/healthz").await;
     assert!(
         r.headers().get("x-request-id").is_some(),
         "one is made when none is sent"
@@ -415,15 +418,7 @@ async fn cors_preflight_and_request_ids() {
 #[tokio::test]
 async fn shutdown_stops_the_server_cleanly() {
     let mut app = spawn_app(Limits::default()).await;
-    assert_eq!(
-        app.client
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
     if let Some(stop) = app.stop.take() {
         let _ = stop.send(());
     }
@@ -514,15 +509,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         "the server closed the connection (or answered) instead of waiting forever"
     );
     // The server is still serving others.
-    assert_eq!(
-        app.client
-            .get(format!("{}/healthz", app.base))
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -551,12 +538,7 @@ async fn a_saturated_server_answers_503_at_once() {
     let mut s = raw(&app).await;
     s.write_all(b"POST /cds-services/offramp-order-sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").await.expect("write");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let r = app
-        .client
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .expect("send");
+    let r = app.get("/healthz").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["error"], "overloaded");
