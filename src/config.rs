@@ -30,6 +30,8 @@ pub struct ServerConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub fhir: crate::fhir::FhirSettings,
     /// A deployment's own knowledge tables instead of the built-in ones.
     #[serde(default)]
     pub knowledge_dir: Option<PathBuf>,
@@ -87,6 +89,12 @@ impl Config {
                 }
             }
         }
+        if let Some(dir) = file.and_then(Path::parent)
+            && let Some(p) = &config.fhir.ca_file
+            && p.is_relative()
+        {
+            config.fhir.ca_file = Some(dir.join(p));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -108,6 +116,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "server limits must be positive (max_body_bytes at least 1024)".into(),
             ));
+        }
+        let f = &self.fhir;
+        if f.deadline_ms == 0 || f.max_pages == 0 || f.max_resources == 0 || f.max_page_bytes == 0 {
+            return Err(ConfigError::Invalid("fhir limits must be positive".into()));
+        }
+        if f.deadline_ms >= srv.request_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "fhir.deadline_ms ({}) must be below server.request_timeout_ms ({}): evaluation needs time after the fetch",
+                f.deadline_ms, srv.request_timeout_ms
+            )));
         }
         if self.auth.leeway_seconds > 300 {
             return Err(ConfigError::Invalid(
@@ -133,6 +151,11 @@ impl Config {
         }
         if self.auth.issuers.is_empty() {
             w.push("no trusted issuer is configured: every hook call will get 401".into());
+        }
+        if self.fhir.allow_plain_http {
+            w.push(
+                "fhir.allow_plain_http is set: FHIR access tokens may travel unencrypted".into(),
+            );
         }
         for i in &self.auth.issuers {
             if i.iss == "https://sandbox.cds-hooks.org" {

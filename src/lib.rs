@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cards;
 pub mod clinical;
 pub mod config;
+pub mod fhir;
 pub mod hooks;
 pub mod http;
 pub mod knowledge_files;

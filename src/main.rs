@@ -158,7 +158,11 @@ fn evaluate(
     let today = today.unwrap_or_else(|| chrono::Local::now().date_naive());
     // Offline there is no server to link to; the page is printed instead.
     let calendar = handout.then_some("offline:calendar");
-    match offramp::hooks::evaluate_request_with(kb, &catalogue, &service, &req, today, calendar) {
+    let opts = offramp::hooks::EvalOptions {
+        calendar_url: calendar,
+        partial: None,
+    };
+    match offramp::hooks::evaluate_request_with(kb, &catalogue, &service, &req, today, opts) {
         Ok(out) if handout => match &out.calendar_html {
             Some(html) => print_out(html),
             None => fail("no taper plan in this response".into()),

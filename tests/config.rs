@@ -34,6 +34,8 @@ fn defaults_are_safe() {
     assert!(c.server.bind.ip().is_loopback());
     assert!(c.auth.issuers.is_empty(), "nobody is trusted by default");
     assert!(c.warnings().iter().any(|w| w.contains("no trusted issuer")));
+    assert!(!c.fhir.allow_plain_http, "FHIR tokens travel over TLS only");
+    assert_eq!(c.fhir.deadline_ms, 2000);
 }
 
 #[test]
@@ -88,6 +90,9 @@ fn mistakes_are_refused_with_the_key_named() {
             "0",
             "max_lifetime_seconds",
         ),
+        ("OFFRAMP__FHIR__DEADLINE_MS", "10000", "fhir.deadline_ms"),
+        ("OFFRAMP__FHIR__MAX_PAGES", "0", "fhir limits"),
+        ("OFFRAMP__FHIR__VERIFY_TLS", "false", "verify_tls"),
     ] {
         let e = Config::load(None, &env(&[(k, v)]))
             .expect_err(k)
@@ -141,4 +146,23 @@ fn check_config_warns_about_host_based_aud_off_loopback() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HS256"));
+}
+
+#[tokio::test]
+async fn a_fhir_ca_file_must_hold_a_certificate() {
+    let dir = std::env::temp_dir().join(format!("offramp-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("offramp.toml");
+    std::fs::write(&file, "[fhir]\nca_file = \"hospital-ca.pem\"\n").expect("write");
+    let c = Config::load(Some(&file), &[]).expect("config");
+    assert_eq!(
+        c.fhir.ca_file.as_deref(),
+        Some(dir.join("hospital-ca.pem").as_path())
+    );
+    let e = offramp::fhir::FhirClient::new(&c.fhir)
+        .err()
+        .expect("missing file");
+    assert!(e.contains("fhir.ca_file"), "{e}");
+    std::fs::write(dir.join("hospital-ca.pem"), "not a certificate").expect("write");
+    assert!(offramp::fhir::FhirClient::new(&c.fhir).is_err());
 }

@@ -374,7 +374,10 @@ fn the_handout_is_printable_and_names_nobody() {
         "offramp-order-select",
         &req,
         today(),
-        Some(url),
+        offramp::hooks::EvalOptions {
+            calendar_url: Some(url),
+            partial: None,
+        },
     )
     .expect("ok");
     let html = out
@@ -406,5 +409,63 @@ fn the_handout_is_printable_and_names_nobody() {
         "Patient/",
     ] {
         assert!(!html.contains(secret), "handout contains {secret}");
+    }
+}
+
+/// Data the EHR could not give must not raise a false alarm (rules::Completeness).
+#[test]
+fn missing_or_partial_data_silences_what_it_could_make_wrong() {
+    let kb = Knowledge::embedded().expect("kb");
+    let d = Discovery::embedded().expect("catalogue");
+    let rules_of = |req: &CdsRequest, partial: Option<&std::collections::BTreeSet<String>>| {
+        let out = offramp::hooks::evaluate_request_with(
+            &kb,
+            &d,
+            &format!("offramp-{}", req.hook),
+            req,
+            today(),
+            offramp::hooks::EvalOptions {
+                calendar_url: None,
+                partial,
+            },
+        )
+        .expect("evaluates");
+        let mut r: Vec<&str> = out.evaluation.findings.iter().map(|f| f.rule()).collect();
+        r.sort_unstable();
+        r
+    };
+    for name in [
+        "order-sign-opioid-with-benzo",
+        "order-sign-oud-with-new-benzo",
+    ] {
+        let full = example(name);
+        let all = rules_of(&full, None);
+        assert_eq!(all.len(), 2, "{name}: {all:?}");
+        assert!(all.contains(&"co-prescription"));
+        // Part of the history: a new start or a taper dose could be wrong; the co-prescription
+        // is in hand either way.
+        let partial = ["medicationDispenses".to_string()].into();
+        assert_eq!(
+            rules_of(&full, Some(&partial)),
+            ["co-prescription"],
+            "{name}"
+        );
+        let mut no_statements = full.clone();
+        if let Some(p) = no_statements.prefetch.as_mut() {
+            p.insert("medicationStatements".into(), Value::Null);
+        }
+        assert_eq!(
+            rules_of(&no_statements, None),
+            ["co-prescription"],
+            "{name}"
+        );
+        // No conditions or no patient: exclusions and age unknown, nothing is said.
+        for key in ["conditions", "patient"] {
+            let mut r = full.clone();
+            if let Some(p) = r.prefetch.as_mut() {
+                p.remove(key);
+            }
+            assert!(rules_of(&r, None).is_empty(), "{name} without {key}");
+        }
     }
 }

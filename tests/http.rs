@@ -1,123 +1,13 @@
 //! Black-box tests of the HTTP surface: the real router on port 0, called as an EHR would, with
 //! JWTs minted here; and one smoke test of the compiled binary (serve + healthcheck + SIGTERM).
 
-use offramp::auth::{AuthSettings, IssuerConfig};
-use offramp::config::Config;
-use offramp::http::{Limits, build_state, run};
+use offramp::http::Limits;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::Path;
 
 mod support;
-use support::{Key, jwks};
-
-const ISS: &str = "https://ehr.example.org";
-
-struct App {
-    base: String,
-    store: std::sync::Arc<offramp::store::MemoryStore>,
-    key: Key,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-async fn spawn_app(limits: Limits) -> App {
-    let key = Key::es384("test-1");
-    let dir = std::env::temp_dir().join(format!("offramp-http-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let jwks_file = dir.join("jwks.json");
-    std::fs::write(&jwks_file, jwks(&[&key])).expect("jwks");
-    let config = Config {
-        server: Config::load(None, &[]).expect("defaults").server,
-        auth: AuthSettings {
-            issuers: vec![IssuerConfig {
-                iss: ISS.into(),
-                algorithms: vec!["ES384".into()],
-                jwks_url: None,
-                jwks_file: Some(jwks_file),
-                jku_allowlist: vec![],
-                fhir_servers: vec![],
-                tenant: None,
-            }],
-            ..AuthSettings::default()
-        },
-        knowledge_dir: None,
-    };
-    let mut state = build_state(&config).await.expect("state");
-    // The example histories are dated: evaluate them on the day their expected cards were made.
-    state.fixed_today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23);
-    let store = std::sync::Arc::new(offramp::store::MemoryStore::new(
-        offramp::http::CALENDAR_TTL,
-    ));
-    state.store = store.clone();
-    let state = std::sync::Arc::new(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, state, limits, async {
-        let _ = rx.await;
-    }));
-    App {
-        base,
-        store,
-        key,
-        client: reqwest::Client::new(),
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl App {
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("send")
-    }
-
-    fn token(&self, path: &str) -> String {
-        let t = now();
-        let claims = json!({"iss": ISS, "aud": format!("{}{path}", self.base), "iat": t, "exp": t + 60,
-                            "jti": uuid::Uuid::new_v4().to_string()});
-        format!("Bearer {}", self.key.sign(&claims))
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        body: &str,
-        content_type: &str,
-        auth: bool,
-    ) -> reqwest::Response {
-        let mut r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", content_type)
-            .body(body.to_string());
-        if auth {
-            r = r.header("authorization", self.token(path));
-        }
-        r.send().await.expect("send")
-    }
-}
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("cds-hooks/examples/requests/{name}.json")),
-    )
-    .expect("example")
-}
+use support::app::{App, example, spawn_app};
 
 #[tokio::test]
 async fn discovery_needs_no_token_and_lists_both_services() {

@@ -1,5 +1,5 @@
-//! The use case: one call per hook request. Gather the record (here: prefetch; the FHIR fallback
-//! comes with the server), evaluate the rules, plan, render. `offramp evaluate` and the server call
+//! The use case: one call per hook request. Read the record (prefetch, completed by the server's
+//! FHIR fetch), evaluate the rules, plan, render. `offramp evaluate` and the server call
 //! the same function, so they cannot disagree.
 
 use crate::cards::{
@@ -10,10 +10,13 @@ use crate::clinical::history::{read_history, resources};
 use crate::clinical::knowledge::Knowledge;
 use crate::clinical::patient::read_patient;
 use crate::clinical::record::{MedicationIndex, read_record, resolve};
-use crate::protocol::{CdsRequest, CdsResponse, Discovery, OrderContext};
-use crate::rules::{Draft, Evaluation, RuleInput, evaluate};
+use crate::protocol::{
+    CdsRequest, CdsResponse, Discovery, OrderContext, ServiceDescriptor as Service,
+};
+use crate::rules::{Completeness, Draft, Evaluation, RuleInput, evaluate};
 use chrono::NaiveDate;
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 /// A request that cannot be evaluated; each maps to one HTTP status in the server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +35,7 @@ pub enum HookError {
     #[error("context: {0}")]
     BadContext(String),
     /// 412: a medication order needs the patient's medication history, and none of it was
-    /// prefetched (fetching from fhirServer comes with the FHIR client).
+    /// prefetched or could be fetched.
     #[error("the medication history was neither prefetched nor fetchable")]
     DataUnavailable,
 }
@@ -70,19 +73,32 @@ pub fn evaluate_request(
     req: &CdsRequest,
     today: NaiveDate,
 ) -> Result<Outcome, HookError> {
-    evaluate_request_with(kb, catalogue, service_id, req, today, None)
+    evaluate_request_with(
+        kb,
+        catalogue,
+        service_id,
+        req,
+        today,
+        EvalOptions::default(),
+    )
 }
 
-/// As [`evaluate_request`], with the URL the server will serve the taper calendar at; the card
-/// links to it and the outcome carries the page to store.
-pub fn evaluate_request_with(
-    kb: &Knowledge,
-    catalogue: &Discovery,
+/// What the server adds to a request's evaluation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalOptions<'a> {
+    /// The URL the taper calendar will be served at; the card links to it and the outcome
+    /// carries the page to store.
+    pub calendar_url: Option<&'a str>,
+    /// Prefetch keys whose data is only partly known (paging stopped early).
+    pub partial: Option<&'a BTreeSet<String>>,
+}
+
+/// The service, checked against the request's hook, and the parsed context.
+fn service_and_context<'c>(
+    catalogue: &'c Discovery,
     service_id: &str,
     req: &CdsRequest,
-    today: NaiveDate,
-    calendar_url: Option<&str>,
-) -> Result<Outcome, HookError> {
+) -> Result<(&'c Service, OrderContext), HookError> {
     let service = catalogue
         .service(service_id)
         .ok_or_else(|| HookError::UnknownService(service_id.to_string()))?;
@@ -95,26 +111,19 @@ pub fn evaluate_request_with(
     }
     let ctx: OrderContext = serde_json::from_value(Value::Object(req.context.clone()))
         .map_err(|e| HookError::BadContext(context_error(&e)))?;
-    let prefetch: Vec<&Value> = req
-        .prefetch
-        .as_ref()
-        .map(|p| {
-            service
-                .prefetch
-                .keys()
-                .filter_map(|k| p.get(k))
-                .filter(|v| !v.is_null())
-                .collect()
-        })
-        .unwrap_or_default();
-    let history = read_history(&prefetch);
-    let all_resources: Vec<&Value> = prefetch.iter().flat_map(|v| resources(v)).collect();
-    let patient = read_patient(kb, &all_resources, today);
+    Ok((service, ctx))
+}
 
-    // Drafts: each read on its own; Medications in the draft bundle or prefetch can be referenced.
+/// Each draft read on its own; Medications in the draft bundle or `others` can be referenced.
+fn read_drafts<'k, 'v>(
+    kb: &'k Knowledge,
+    service: &Service,
+    ctx: &'v OrderContext,
+    others: &[&'v Value],
+) -> (Vec<Draft<'k>>, Vec<(Option<String>, Value)>) {
     let draft_values: Vec<&Value> = ctx.draft_orders.as_ref().map(resources).unwrap_or_default();
     let mut index = MedicationIndex::default();
-    for r in all_resources.iter().chain(&draft_values) {
+    for r in others.iter().chain(&draft_values) {
         if str_field(r, "resourceType") == Some("Medication") {
             index.insert(r);
         }
@@ -148,23 +157,81 @@ pub fn evaluate_request_with(
         });
         raw.push((reference, v.clone()));
     }
-    // Orders that need a history: in scope for the rules. Without any, no data is required.
-    let needs_history = drafts
+    (drafts, raw)
+}
+
+/// Orders the rules look at need the patient's record; others (most orders) need none.
+fn needs_history(drafts: &[Draft<'_>]) -> bool {
+    drafts
         .iter()
-        .any(|d| d.selected && d.medication.is_some_and(|m| m.opens_episode()));
+        .any(|d| d.selected && d.medication.is_some_and(|m| m.opens_episode()))
+}
+
+/// Whether this request needs the patient's record at all, so the server fetches nothing for
+/// an order the rules never look at. Errors as [`evaluate_request`] would give them.
+pub fn needs_record(
+    kb: &Knowledge,
+    catalogue: &Discovery,
+    service_id: &str,
+    req: &CdsRequest,
+) -> Result<bool, HookError> {
+    let (service, ctx) = service_and_context(catalogue, service_id, req)?;
+    Ok(needs_history(&read_drafts(kb, service, &ctx, &[]).0))
+}
+
+/// As [`evaluate_request`], with what the server adds ([`EvalOptions`]).
+pub fn evaluate_request_with(
+    kb: &Knowledge,
+    catalogue: &Discovery,
+    service_id: &str,
+    req: &CdsRequest,
+    today: NaiveDate,
+    opts: EvalOptions<'_>,
+) -> Result<Outcome, HookError> {
+    let calendar_url = opts.calendar_url;
+    let (service, ctx) = service_and_context(catalogue, service_id, req)?;
+    let prefetch: Vec<&Value> = req
+        .prefetch
+        .as_ref()
+        .map(|p| {
+            service
+                .prefetch
+                .keys()
+                .filter_map(|k| p.get(k))
+                .filter(|v| !v.is_null())
+                .collect()
+        })
+        .unwrap_or_default();
+    let history = read_history(&prefetch);
+    let all_resources: Vec<&Value> = prefetch.iter().flat_map(|v| resources(v)).collect();
+    let patient = read_patient(kb, &all_resources, today);
+    let (drafts, raw) = read_drafts(kb, service, &ctx, &all_resources);
+
+    // What is known: a key is missing when absent or null, partial when paging stopped early.
+    let known = |k: &str| {
+        !service.prefetch.contains_key(k)
+            || req
+                .prefetch
+                .as_ref()
+                .and_then(|p| p.get(k))
+                .is_some_and(|v| !v.is_null())
+    };
+    let complete = |k: &str| known(k) && !opts.partial.is_some_and(|p| p.contains(k));
     let history_keys = [
         "medicationRequests",
         "medicationDispenses",
         "medicationStatements",
     ];
-    let has_history = req.prefetch.as_ref().is_some_and(|p| {
-        history_keys
-            .iter()
-            .any(|k| service.prefetch.contains_key(*k) && p.get(*k).is_some_and(|v| !v.is_null()))
-    });
-    if needs_history && !has_history {
+    let any_history = history_keys
+        .iter()
+        .any(|k| service.prefetch.contains_key(*k) && known(k));
+    if needs_history(&drafts) && !any_history {
         return Err(HookError::DataUnavailable);
     }
+    let completeness = Completeness {
+        patient_and_conditions: complete("patient") && complete("conditions"),
+        history: history_keys.iter().all(|k| complete(k)),
+    };
     let user = Some(ctx.user_id.as_str()).filter(|u| !u.is_empty());
     let evaluation = evaluate(&RuleInput {
         kb,
@@ -173,6 +240,7 @@ pub fn evaluate_request_with(
         history: &history.records,
         drafts: &drafts,
         user,
+        completeness,
     });
     let cards = render(
         &RenderInput {

@@ -3,7 +3,7 @@
 
 use crate::auth::{Principal, Verifier, WWW_AUTHENTICATE};
 use crate::clinical::Knowledge;
-use crate::hooks::{HookError, evaluate_request_with};
+use crate::hooks::{EvalOptions, HookError, evaluate_request_with, needs_record};
 use crate::protocol::{CdsRequest, Discovery, FeedbackRequest};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -29,6 +29,8 @@ pub struct AppState {
     pub store: Arc<dyn crate::store::Store>,
     /// Evaluate as of this day instead of the clock's (tests and demos of fixed examples).
     pub fixed_today: Option<chrono::NaiveDate>,
+    /// Fetches what the EHR did not prefetch.
+    pub fhir: crate::fhir::FhirClient,
 }
 
 /// A calendar page stays reachable this long after the card that links to it.
@@ -407,7 +409,7 @@ fn body_or_error(
         (status = 400, description = "Malformed JSON or a field of the wrong type", body = ErrorBody),
         (status = 401, description = "Missing or invalid JWT (bare, with WWW-Authenticate)"),
         (status = 404, description = "Unknown service", body = ErrorBody),
-        (status = 412, description = "A medication order needs the history, and none was prefetched", body = ErrorBody),
+        (status = 412, description = "A medication order needs the history, and none was prefetched or could be fetched from fhirServer", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "Well-formed but against the spec (hook does not match the service)", body = ErrorBody),
@@ -422,18 +424,31 @@ async fn hook(
 ) -> Result<Response, ApiError> {
     let (principal, body) = admit(&s, &id, &headers, &uri, body).await?;
     let mut req: CdsRequest = parse(&body)?;
-    // A fhirServer the issuer may not name is treated as absent.
+    // A fhirServer the issuer may not name is treated as absent: never contacted.
     if req
         .fhir_server
         .as_deref()
         .is_some_and(|f| !principal.allows_fhir_server(f))
     {
+        tracing::warn!(iss = %principal.iss, "fhirServer not on the issuer's allowlist; ignored");
+        metrics::counter!("offramp_fhir_server_refused_total").increment(1);
         req.fhir_server = None;
         req.fhir_authorization = None;
     }
     let today = s
         .fixed_today
         .unwrap_or_else(|| chrono::Local::now().date_naive());
+    // Orders the rules never look at cost no FHIR request.
+    let report = if needs_record(&s.kb, &s.catalogue, &id, &req)?
+        && let Some(service) = s.catalogue.service(&id)
+    {
+        let r = s.fhir.gather(&service.prefetch, &mut req).await;
+        record_fetch(&id, &r);
+        Some(r)
+    } else {
+        None
+    };
+    let partial = report.as_ref().map(crate::fhir::Report::partial);
     let calendar_id = uuid::Uuid::new_v4().to_string();
     let calendar_url = base_url(&s, &headers).map(|b| format!("{b}/calendar/{calendar_id}"));
     let out = evaluate_request_with(
@@ -442,7 +457,10 @@ async fn hook(
         &id,
         &req,
         today,
-        calendar_url.as_deref(),
+        EvalOptions {
+            calendar_url: calendar_url.as_deref(),
+            partial: partial.as_ref(),
+        },
     )?;
     if let Some(html) = &out.calendar_html
         && let Err(e) = s.store.put_calendar(&calendar_id, Arc::new(html.clone()))
@@ -453,6 +471,27 @@ async fn hook(
     let rules: Vec<&str> = out.evaluation.findings.iter().map(|f| f.rule()).collect();
     tracing::info!(service = %id, hook = %req.hook, cards = out.response.cards.len(), rules = ?rules, "evaluated");
     Ok(Json(out.response).into_response())
+}
+
+/// Logs and counts how each piece of the record was had; never the URL (it holds the patient id)
+/// nor the token.
+fn record_fetch(service: &str, r: &crate::fhir::Report) {
+    for (key, piece) in &r.pieces {
+        metrics::counter!("offramp_fhir_pieces_total", "piece" => key.clone(), "outcome" => piece.label())
+            .increment(1);
+        if piece.is_degraded() {
+            tracing::warn!(service, piece = %key, outcome = piece.label(), "patient data degraded");
+        }
+    }
+    if r.requests > 0 {
+        metrics::histogram!("offramp_fhir_fetch_seconds").record(r.elapsed.as_secs_f64());
+        tracing::info!(
+            service,
+            requests = r.requests,
+            elapsed_ms = r.elapsed.as_millis() as u64,
+            "fetched from FHIR server"
+        );
+    }
 }
 
 #[utoipa::path(post, path = "/cds-services/{id}/feedback",
@@ -499,6 +538,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
     let verifier = Verifier::new(config.auth.clone(), replay)
         .await
         .map_err(|e| e.to_string())?;
+    let fhir = crate::fhir::FhirClient::new(&config.fhir)?;
     Ok(AppState {
         kb,
         catalogue,
@@ -506,6 +546,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         public_base_url: config.server.public_base_url.clone(),
         store: Arc::new(crate::store::MemoryStore::new(CALENDAR_TTL)),
         fixed_today: None,
+        fhir,
     })
 }
 

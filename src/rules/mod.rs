@@ -53,6 +53,26 @@ pub struct RuleInput<'a, 'k> {
     pub drafts: &'a [Draft<'k>],
     /// The clinician ordering now (context.userId), to compare prescribers.
     pub user: Option<&'a str>,
+    pub completeness: Completeness,
+}
+
+/// What of the patient's record is known. Missing data must not raise a false alarm: without the
+/// patient (age) or the conditions (end of life, legitimate uses, OUD) nothing is said; with part
+/// of the history a "new start" or a taper's starting dose could be wrong, so only the
+/// co-prescription cards stay (the drugs they name are in hand either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completeness {
+    pub patient_and_conditions: bool,
+    pub history: bool,
+}
+
+impl Default for Completeness {
+    fn default() -> Self {
+        Completeness {
+            patient_and_conditions: true,
+            history: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -502,6 +522,18 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
             }));
         }
     }
+    let c = input.completeness;
+    findings.retain(|f| {
+        let reason = if !c.patient_and_conditions {
+            "patient or conditions unavailable"
+        } else if !c.history && matches!(f, Finding::OnRamp(_) | Finding::OffRamp(_)) {
+            "medication history incomplete"
+        } else {
+            return true;
+        };
+        quiet(&mut ev, f.rule(), reason);
+        false
+    });
     ev.findings = findings;
     ev
 }

@@ -1,6 +1,9 @@
 //! Test keys: generated per test run; nothing secret is committed.
 #![allow(dead_code)]
 
+pub mod app;
+pub mod fhir;
+
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what the integration tests run beside the service, when missing: the test FHIR server
+# (npm ci from its committed lockfile) and Debian's Chromium (needs root, as on CI machines).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+srv=tests/support/fhir-server
+# npm ci again only when the lockfile changed since the last install.
+if ! cmp -s "$srv/package-lock.json" "$srv/node_modules/.package-lock.json.installed" 2>/dev/null; then
+  (cd "$srv" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  cp "$srv/package-lock.json" "$srv/node_modules/.package-lock.json.installed"
+fi
+if ! [ -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2
+fi
