@@ -121,10 +121,11 @@ impl Config {
         if f.deadline_ms == 0 || f.max_pages == 0 || f.max_resources == 0 || f.max_page_bytes == 0 {
             return Err(ConfigError::Invalid("fhir limits must be positive".into()));
         }
-        if f.deadline_ms >= srv.request_timeout_ms {
+        // A JWKS refresh and the fetch budget may both fall in one request.
+        if f.deadline_ms + self.auth.jwks_timeout_ms + 1000 > srv.request_timeout_ms {
             return Err(ConfigError::Invalid(format!(
-                "fhir.deadline_ms ({}) must be below server.request_timeout_ms ({}): evaluation needs time after the fetch",
-                f.deadline_ms, srv.request_timeout_ms
+                "fhir.deadline_ms ({}) + auth.jwks_timeout_ms ({}) + 1000 must not exceed server.request_timeout_ms ({}): evaluation needs time after the fetch",
+                f.deadline_ms, self.auth.jwks_timeout_ms, srv.request_timeout_ms
             )));
         }
         if self.auth.leeway_seconds > 300 {

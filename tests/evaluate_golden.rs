@@ -450,6 +450,24 @@ fn missing_or_partial_data_silences_what_it_could_make_wrong() {
             ["co-prescription"],
             "{name}"
         );
+        // ... and no draft is offered for withdrawal as a "new start": it may be a renewal.
+        let out = offramp::hooks::evaluate_request_with(
+            &kb,
+            &d,
+            &format!("offramp-{}", full.hook),
+            &full,
+            today(),
+            offramp::hooks::EvalOptions {
+                calendar_url: None,
+                partial: Some(&partial),
+            },
+        )
+        .expect("evaluates");
+        for f in &out.evaluation.findings {
+            if let offramp::rules::Finding::CoPrescription(c) = f {
+                assert!(c.withdrawable.is_empty(), "{name}");
+            }
+        }
         let mut no_statements = full.clone();
         if let Some(p) = no_statements.prefetch.as_mut() {
             p.insert("medicationStatements".into(), Value::Null);

@@ -8,7 +8,7 @@
 //! resource stays JSON and is read on its own. It also gives a byte cap per page, one deadline
 //! across every request, and no redirects (the bearer token must not travel).
 
-use crate::protocol::CdsRequest;
+use crate::protocol::{CdsRequest, PrefetchState, prefetch_state};
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -136,7 +136,18 @@ pub struct FhirClient {
 /// Where fetches go and with what token; built only for an allowed fhirServer.
 struct Target {
     base: Url,
-    token: Option<String>,
+    token: String,
+}
+
+impl Target {
+    fn run(&self, client: &FhirClient, deadline: Instant) -> Run {
+        Run {
+            client: client.clone(),
+            base: self.base.clone(),
+            token: self.token.clone(),
+            deadline,
+        }
+    }
 }
 
 impl FhirClient {
@@ -178,62 +189,62 @@ impl FhirClient {
         let mut report = Report::default();
         let mut jobs = tokio::task::JoinSet::new();
         for (key, template) in templates {
-            let present = prefetch.get(key).filter(|v| !v.is_null());
-            let start = match (present, &target) {
-                (Some(v), Some(_)) => match next_link(v) {
+            let state = prefetch_state(prefetch.get(key));
+            let start = match (state, &target) {
+                (PrefetchState::Complete, _) => {
+                    report.pieces.insert(key.clone(), Piece::Prefetched);
+                    continue;
+                }
+                (PrefetchState::Partial, Ok(_)) => match prefetch.get(key).and_then(next_link) {
                     Some(next) => Start::Continue(next),
-                    None => {
-                        report.pieces.insert(key.clone(), Piece::Prefetched);
-                        continue;
-                    }
-                },
-                (Some(v), None) => {
-                    let piece = if next_link(v).is_some() {
-                        Piece::Partial("next_without_fhir_server")
-                    } else {
-                        Piece::Prefetched
-                    };
-                    report.pieces.insert(key.clone(), piece);
-                    continue;
-                }
-                (None, None) => {
-                    report
-                        .pieces
-                        .insert(key.clone(), Piece::Missing("no_fhir_server"));
-                    continue;
-                }
-                (None, Some(_)) => match template.as_str().and_then(|t| render(t, &req.context)) {
-                    Some(relative) => Start::Fresh(relative),
                     None => {
                         report
                             .pieces
-                            .insert(key.clone(), Piece::Missing("template"));
+                            .insert(key.clone(), Piece::Partial("outcome_error"));
                         continue;
                     }
                 },
+                (PrefetchState::Partial, Err(why)) => {
+                    report.pieces.insert(key.clone(), Piece::Partial(why));
+                    continue;
+                }
+                (PrefetchState::Missing, Err(why)) => {
+                    report.pieces.insert(key.clone(), Piece::Missing(why));
+                    continue;
+                }
+                (PrefetchState::Missing, Ok(_)) => {
+                    match template.as_str().and_then(|t| render(t, &req.context)) {
+                        Some(relative) => Start::Fresh(relative),
+                        None => {
+                            report
+                                .pieces
+                                .insert(key.clone(), Piece::Missing("template"));
+                            continue;
+                        }
+                    }
+                }
             };
-            let Some(t) = &target else { continue };
-            let run = Run {
-                client: self.clone(),
-                base: t.base.clone(),
-                token: t.token.clone(),
-                deadline,
-            };
-            let key = key.clone();
-            jobs.spawn(async move { (key, run.fetch(start).await) });
+            if let Ok(t) = &target {
+                let run = t.run(self, deadline);
+                let key = key.clone();
+                jobs.spawn(async move { (key, run.fetch(start).await) });
+            }
         }
         while let Some(joined) = jobs.join_next().await {
             let Ok((key, fetched)) = joined else {
                 continue; // a panicked task: its key stays as it was (reported missing below)
             };
             report.requests += fetched.requests;
-            let piece = match (fetched.result, prefetch.get_mut(&key)) {
+            let existing = prefetch
+                .get_mut(&key)
+                .filter(|v| prefetch_state(Some(v)) != PrefetchState::Missing);
+            let piece = match (fetched.result, existing) {
                 (Ok(Got::Resource(v)), _) => {
                     prefetch.insert(key.clone(), v);
                     Piece::Fetched
                 }
                 (Ok(Got::Entries(entries, stop)), existing) => {
-                    match existing.filter(|v| !v.is_null()) {
+                    match existing {
                         Some(bundle) => append_entries(bundle, entries),
                         None => {
                             prefetch.insert(key.clone(), searchset(entries));
@@ -241,10 +252,14 @@ impl FhirClient {
                     }
                     stop.map_or(Piece::Fetched, Piece::Partial)
                 }
-                (Err(f), Some(v)) if !v.is_null() => Piece::Partial(f.label()),
-                (Err(f), _) => Piece::Missing(f.label()),
+                (Err(f), Some(_)) => Piece::Partial(f.label()),
+                (Err(f), None) => Piece::Missing(f.label()),
             };
             report.pieces.insert(key, piece);
+        }
+        if let Ok(t) = &target {
+            self.fetch_medications(t, deadline, prefetch, &mut report)
+                .await;
         }
         for key in templates.keys() {
             report
@@ -256,18 +271,105 @@ impl FhirClient {
         report
     }
 
-    fn target(&self, req: &CdsRequest) -> Option<Target> {
-        let base = crate::auth::aud::normalise(req.fhir_server.as_deref()?)?;
-        let base = Url::parse(&format!("{base}/")).ok()?;
-        if base.scheme() != "https" && !self.settings.allow_plain_http {
-            return None;
+    /// Medications that records reference and no search included (a server may ignore
+    /// `_include`): read one by one, within the same deadline. Without them those records would
+    /// be drugs of unknown class.
+    async fn fetch_medications(
+        &self,
+        target: &Target,
+        deadline: Instant,
+        prefetch: &mut Map<String, Value>,
+        report: &mut Report,
+    ) {
+        let missing = missing_medications(prefetch);
+        let mut jobs = tokio::task::JoinSet::new();
+        for (id, key) in missing.into_iter().take(MAX_MEDICATION_READS) {
+            let run = target.run(self, deadline);
+            jobs.spawn(async move {
+                let got = run.fetch(Start::Fresh(format!("Medication/{id}"))).await;
+                (key, got)
+            });
         }
-        let token = req
-            .fhir_authorization
-            .as_ref()
-            .map(|a| a.access_token.clone());
-        Some(Target { base, token })
+        while let Some(joined) = jobs.join_next().await {
+            let Ok((key, fetched)) = joined else { continue };
+            report.requests += fetched.requests;
+            match fetched.result {
+                Ok(Got::Resource(m))
+                    if m.get("resourceType") == Some(&Value::from("Medication")) =>
+                {
+                    if let Some(bundle) = prefetch.get_mut(&key) {
+                        append_entries(bundle, vec![serde_json::json!({"resource": m})]);
+                    }
+                }
+                _ => {
+                    report
+                        .pieces
+                        .insert(key, Piece::Partial("medication_unavailable"));
+                }
+            }
+        }
     }
+
+    /// Where fetches may go, or why none may: CDS Hooks 2.0 allows FHIR access only with both
+    /// fhirServer and fhirAuthorization.
+    fn target(&self, req: &CdsRequest) -> Result<Target, &'static str> {
+        let server = req.fhir_server.as_deref().ok_or("no_fhir_server")?;
+        let base = crate::auth::aud::normalise(server).ok_or("bad_fhir_server")?;
+        let base = Url::parse(&format!("{base}/")).map_err(|_| "bad_fhir_server")?;
+        if base.scheme() != "https" && !self.settings.allow_plain_http {
+            return Err("plain_http_refused");
+        }
+        let auth = req.fhir_authorization.as_ref().ok_or("no_authorization")?;
+        if !auth.token_type.eq_ignore_ascii_case("bearer") {
+            return Err("not_bearer");
+        }
+        // A token for another patient: something upstream is wrong; mix nothing.
+        let patient = req.context.get("patientId").and_then(Value::as_str);
+        if auth.patient.as_deref().is_some_and(|p| Some(p) != patient) {
+            return Err("patient_mismatch");
+        }
+        Ok(Target {
+            base,
+            token: auth.access_token.clone(),
+        })
+    }
+}
+
+/// Medication reads after the searches, at most.
+const MAX_MEDICATION_READS: usize = 50;
+
+/// Ids of Medications referenced as `Medication/<id>` (relative, absolute or versioned) that no
+/// value in `prefetch` holds, each with the key that references it first.
+fn missing_medications(prefetch: &Map<String, Value>) -> BTreeMap<String, String> {
+    let mut have = BTreeSet::new();
+    let mut wanted = BTreeMap::new();
+    for (key, v) in prefetch {
+        for r in crate::clinical::history::resources(v) {
+            if r.get("resourceType") == Some(&Value::from("Medication"))
+                && let Some(id) = r.get("id").and_then(Value::as_str)
+            {
+                have.insert(id.to_string());
+            }
+            let reference = r
+                .get("medicationReference")
+                .and_then(|m| m.get("reference"))
+                .and_then(Value::as_str);
+            if let Some(id) = reference.and_then(medication_id) {
+                wanted.entry(id.to_string()).or_insert_with(|| key.clone());
+            }
+        }
+    }
+    wanted.retain(|id, _| !have.contains(id));
+    wanted
+}
+
+fn medication_id(reference: &str) -> Option<&str> {
+    let i = reference.rfind("Medication/")?;
+    if i > 0 && !reference[..i].ends_with('/') {
+        return None;
+    }
+    let id = reference[i + "Medication/".len()..].split('/').next()?;
+    is_fhir_id(id).then_some(id)
 }
 
 enum Start {
@@ -293,7 +395,7 @@ struct Fetched {
 struct Run {
     client: FhirClient,
     base: Url,
-    token: Option<String>,
+    token: String,
     deadline: Instant,
 }
 
@@ -356,7 +458,10 @@ impl Run {
                 Err(f) => stop = Some(f.label()),
             }
         }
-        entries.truncate(s.max_resources);
+        if entries.len() > s.max_resources {
+            entries.truncate(s.max_resources);
+            stop = stop.or(Some("resource_limit"));
+        }
         Fetched {
             result: Ok(Got::Entries(entries, stop)),
             requests,
@@ -365,6 +470,10 @@ impl Run {
 
     fn under_base(&self, link: &str) -> Option<Url> {
         let url = Url::parse(link).ok()?;
+        // Credentials in a link would travel as a second Authorization.
+        if !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
         let same_origin = url.scheme() == self.base.scheme()
             && url.host_str() == self.base.host_str()
             && url.port_or_known_default() == self.base.port_or_known_default();
@@ -372,14 +481,12 @@ impl Run {
     }
 
     async fn get(&self, url: Url) -> Result<Value, Failure> {
-        let mut rb = self
+        let rb = self
             .client
             .http
             .get(url)
-            .header(reqwest::header::ACCEPT, "application/fhir+json");
-        if let Some(t) = &self.token {
-            rb = rb.bearer_auth(t);
-        }
+            .header(reqwest::header::ACCEPT, "application/fhir+json")
+            .bearer_auth(&self.token);
         let limit = self.client.settings.max_page_bytes;
         let work = async {
             let mut resp = rb.send().await.map_err(|_| Failure::Transport)?;
@@ -426,8 +533,11 @@ pub fn render(template: &str, context: &Map<String, Value>) -> Option<String> {
             return None;
         }
         let value = context.get(field)?.as_str()?;
-        // userId is "Practitioner/123": type and id, each checked.
-        let ok = value.split('/').count() <= 2 && value.split('/').all(is_fhir_id);
+        // userId is "Practitioner/123": type and id, each checked; the others are bare ids.
+        let ok = match field {
+            "userId" => value.split('/').count() <= 2 && value.split('/').all(is_fhir_id),
+            _ => is_fhir_id(value),
+        };
         if !ok {
             return None;
         }
@@ -516,7 +626,9 @@ mod tests {
 
     #[test]
     fn refuses_ids_that_would_change_the_url() {
-        for bad in ["../admin", "a&b=c", "x y", "", "a/b/c", "..", "p?x", "p#x"] {
+        for bad in [
+            "../admin", "a&b=c", "x y", "", "a/b/c", "a/b", "..", "p?x", "p#x",
+        ] {
             let c = ctx(json!({"patientId": bad}));
             assert_eq!(render("Patient/{{context.patientId}}", &c), None, "{bad}");
         }
@@ -525,6 +637,39 @@ mod tests {
         assert_eq!(render("Patient/{{context.other}}", &c), None);
         assert_eq!(render("Patient/{{patient.id}}", &c), None);
         assert_eq!(render("Patient/{{context.patientId", &c), None);
+    }
+
+    #[test]
+    fn medication_ids_from_references() {
+        assert_eq!(medication_id("Medication/m-1"), Some("m-1"));
+        assert_eq!(
+            medication_id("https://ehr.example/fhir/Medication/m-1/_history/3"),
+            Some("m-1")
+        );
+        for none in [
+            "#m-1",
+            "OtherMedication/m-1",
+            "Medication/",
+            "Medication/a b",
+        ] {
+            assert_eq!(medication_id(none), None, "{none}");
+        }
+        let prefetch = ctx(json!({
+            "medicationRequests": {"resourceType": "Bundle", "entry": [
+                {"resource": {"resourceType": "MedicationRequest", "medicationReference": {"reference": "Medication/a"}}},
+                {"resource": {"resourceType": "MedicationRequest", "medicationReference": {"reference": "Medication/b"}}},
+                {"resource": {"resourceType": "Medication", "id": "a"}}]},
+            "medicationDispenses": {"resourceType": "Bundle", "entry": [
+                {"resource": {"resourceType": "MedicationDispense", "medicationReference": {"reference": "Medication/c"}}}]}
+        }));
+        let missing = missing_medications(&prefetch);
+        assert_eq!(
+            missing.into_iter().collect::<Vec<_>>(),
+            [
+                ("b".to_string(), "medicationRequests".to_string()),
+                ("c".to_string(), "medicationDispenses".to_string())
+            ]
+        );
     }
 
     #[test]
@@ -553,7 +698,7 @@ mod tests {
         let run = Run {
             client,
             base: Url::parse("http://h:8080/fhir/").expect("url"),
-            token: None,
+            token: String::new(),
             deadline: Instant::now(),
         };
         assert!(
@@ -567,6 +712,7 @@ mod tests {
             "http://h:8081/fhir/Condition",
             "http://evil/fhir/Condition",
             "http://h:8080@evil/fhir/Condition",
+            "http://user:pw@h:8080/fhir/Condition",
             "/fhir/Condition",
         ] {
             assert!(run.under_base(off).is_none(), "{off}");

@@ -11,7 +11,8 @@ use crate::clinical::knowledge::Knowledge;
 use crate::clinical::patient::read_patient;
 use crate::clinical::record::{MedicationIndex, read_record, resolve};
 use crate::protocol::{
-    CdsRequest, CdsResponse, Discovery, OrderContext, ServiceDescriptor as Service,
+    CdsRequest, CdsResponse, Discovery, OrderContext, PrefetchState, ServiceDescriptor as Service,
+    prefetch_state,
 };
 use crate::rules::{Completeness, Draft, Evaluation, RuleInput, evaluate};
 use chrono::NaiveDate;
@@ -176,7 +177,16 @@ pub fn needs_record(
     req: &CdsRequest,
 ) -> Result<bool, HookError> {
     let (service, ctx) = service_and_context(catalogue, service_id, req)?;
-    Ok(needs_history(&read_drafts(kb, service, &ctx, &[]).0))
+    // A draft may name a Medication sent in prefetch.
+    let prefetched: Vec<&Value> = req
+        .prefetch
+        .iter()
+        .flat_map(|p| p.values())
+        .flat_map(resources)
+        .collect();
+    Ok(needs_history(
+        &read_drafts(kb, service, &ctx, &prefetched).0,
+    ))
 }
 
 /// As [`evaluate_request`], with what the server adds ([`EvalOptions`]).
@@ -207,16 +217,19 @@ pub fn evaluate_request_with(
     let patient = read_patient(kb, &all_resources, today);
     let (drafts, raw) = read_drafts(kb, service, &ctx, &all_resources);
 
-    // What is known: a key is missing when absent or null, partial when paging stopped early.
-    let known = |k: &str| {
-        !service.prefetch.contains_key(k)
-            || req
-                .prefetch
-                .as_ref()
-                .and_then(|p| p.get(k))
-                .is_some_and(|v| !v.is_null())
+    // What is known: a key is missing when absent, null or an OperationOutcome; partial when
+    // paging stopped early or an outcome entry reports an error.
+    let state = |k: &str| {
+        if !service.prefetch.contains_key(k) {
+            return PrefetchState::Complete;
+        }
+        match prefetch_state(req.prefetch.as_ref().and_then(|p| p.get(k))) {
+            PrefetchState::Complete if opts.partial.is_some_and(|p| p.contains(k)) => {
+                PrefetchState::Partial
+            }
+            s => s,
+        }
     };
-    let complete = |k: &str| known(k) && !opts.partial.is_some_and(|p| p.contains(k));
     let history_keys = [
         "medicationRequests",
         "medicationDispenses",
@@ -224,13 +237,23 @@ pub fn evaluate_request_with(
     ];
     let any_history = history_keys
         .iter()
-        .any(|k| service.prefetch.contains_key(*k) && known(k));
+        .any(|k| service.prefetch.contains_key(*k) && state(k) != PrefetchState::Missing);
     if needs_history(&drafts) && !any_history {
         return Err(HookError::DataUnavailable);
     }
+    // A record naming a Medication nobody sent is a drug of unknown class: not a complete history.
+    let unresolved = history
+        .records
+        .iter()
+        .any(|r| r.medication.unresolved_reference);
     let completeness = Completeness {
-        patient_and_conditions: complete("patient") && complete("conditions"),
-        history: history_keys.iter().all(|k| complete(k)),
+        patient_and_conditions: ["patient", "conditions"]
+            .iter()
+            .all(|k| state(k) == PrefetchState::Complete),
+        history: !unresolved
+            && history_keys
+                .iter()
+                .all(|k| state(k) == PrefetchState::Complete),
     };
     let user = Some(ctx.user_id.as_str()).filter(|u| !u.is_empty());
     let evaluation = evaluate(&RuleInput {

@@ -164,6 +164,7 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
@@ -220,7 +221,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         title = "offramp",
         description = "CDS Hooks service: benzodiazepine on-ramp / off-ramp plans and opioid + benzodiazepine overdose-risk cards."
     ),
-    paths(discovery, hook, feedback, healthz, ready, calendar),
+    paths(discovery, hook, feedback, healthz, ready, calendar, metrics_text),
     components(schemas(ErrorBody))
 )]
 struct ApiDoc;
@@ -250,6 +251,41 @@ async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
         json!({"status": "ready", "knowledge": s.kb.summary().medications,
         "store": s.store.kind(), "store_health": s.store.health()}),
     )
+}
+
+/// The process-wide Prometheus recorder, installed on first use (one per process: tests start
+/// several apps in one).
+pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+        // Latency buckets from 1 ms to 10 s (FHIR fetches are bounded by their 2 s budget).
+        let buckets = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
+        ];
+        let builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &buckets,
+            )
+            .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; its metrics are then its own.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Prometheus text exposition: counts and latencies, no patient data, no ids.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+        .into_response()
 }
 
 fn now() -> i64 {
@@ -539,6 +575,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         .await
         .map_err(|e| e.to_string())?;
     let fhir = crate::fhir::FhirClient::new(&config.fhir)?;
+    metrics_handle();
     Ok(AppState {
         kb,
         catalogue,

@@ -309,8 +309,82 @@ impl Discovery {
     }
 }
 
+/// What a prefetch value gives: CDS Hooks 2.0 lets a client send null or an OperationOutcome for
+/// a prefetch it could not get; a searchset may still have pages to follow (`next`) or carry an
+/// error outcome entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchState {
+    Missing,
+    Partial,
+    Complete,
+}
+
+pub fn prefetch_state(v: Option<&Value>) -> PrefetchState {
+    fn kind(v: &Value) -> Option<&str> {
+        v.get("resourceType").and_then(Value::as_str)
+    }
+    let Some(v) = v.filter(|v| v.is_object()) else {
+        return PrefetchState::Missing;
+    };
+    match kind(v) {
+        Some("OperationOutcome") | None => PrefetchState::Missing,
+        Some("Bundle") => {
+            let links = v.get("link").and_then(Value::as_array);
+            let has_next = links
+                .into_iter()
+                .flatten()
+                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"));
+            let entries = v.get("entry").and_then(Value::as_array);
+            let has_error = entries.into_iter().flatten().any(|e| {
+                e.get("resource").is_some_and(|r| {
+                    kind(r) == Some("OperationOutcome")
+                        && r.get("issue").and_then(Value::as_array).is_some_and(|is| {
+                            is.iter().any(|i| {
+                                matches!(
+                                    i.get("severity").and_then(Value::as_str),
+                                    Some("error" | "fatal")
+                                )
+                            })
+                        })
+                })
+            });
+            if has_next || has_error {
+                PrefetchState::Partial
+            } else {
+                PrefetchState::Complete
+            }
+        }
+        Some(_) => PrefetchState::Complete,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefetch_states() {
+        use super::{PrefetchState::*, prefetch_state};
+        use serde_json::json;
+        let st = |v: serde_json::Value| prefetch_state(Some(&v));
+        assert_eq!(prefetch_state(None), Missing);
+        assert_eq!(st(json!(null)), Missing);
+        assert_eq!(
+            st(json!({"resourceType": "OperationOutcome", "issue": []})),
+            Missing
+        );
+        assert_eq!(st(json!({"resourceType": "Patient"})), Complete);
+        assert_eq!(st(json!({"resourceType": "Bundle", "entry": []})), Complete);
+        assert_eq!(
+            st(json!({"resourceType": "Bundle", "link": [{"relation": "next", "url": "x"}]})),
+            Partial
+        );
+        let outcome = |sev: &str| {
+            json!({"resourceType": "Bundle", "entry": [{"search": {"mode": "outcome"},
+            "resource": {"resourceType": "OperationOutcome", "issue": [{"severity": sev}]}}]})
+        };
+        assert_eq!(st(outcome("error")), Partial);
+        assert_eq!(st(outcome("warning")), Complete);
+    }
+
     use super::*;
 
     #[test]

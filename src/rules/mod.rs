@@ -523,6 +523,17 @@ pub fn evaluate(input: &RuleInput<'_, '_>) -> Evaluation {
         }
     }
     let c = input.completeness;
+    if !c.history {
+        // A draft may renew a drug the missing part of the history shows: never offer to
+        // withdraw it as a new start.
+        for f in &mut findings {
+            match f {
+                Finding::CoPrescription(x) => x.withdrawable.clear(),
+                Finding::OpioidGabapentinoid(x) => x.withdrawable.clear(),
+                _ => {}
+            }
+        }
+    }
     findings.retain(|f| {
         let reason = if !c.patient_and_conditions {
             "patient or conditions unavailable"

@@ -17,16 +17,35 @@ pub struct FhirServer {
 impl FhirServer {
     /// Starts the server; every /fhir request must carry `Bearer <token>`.
     pub fn start(token: &str) -> FhirServer {
+        Self::launch(token, None, &[])
+    }
+
+    /// As [`FhirServer::start`], at most `n` matches a page whatever `_count` asks.
+    pub fn start_paged(token: &str, n: usize) -> FhirServer {
+        Self::launch(token, None, &["--max-count", &n.to_string()])
+    }
+
+    /// As [`FhirServer::start`], serving https with this certificate and key (PEM files).
+    pub fn start_tls(token: &str, cert: &Path, key: &Path) -> FhirServer {
+        Self::launch(token, Some((cert, key)), &[])
+    }
+
+    fn launch(token: &str, tls: Option<(&Path, &Path)>, args: &[&str]) -> FhirServer {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fhir-server");
         assert!(
             dir.join("node_modules/@medplum/fhir-router").is_dir(),
             "the test FHIR server is not installed: run `npm ci` in {}",
             dir.display()
         );
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .arg("--token")
-            .arg(token)
+        let mut cmd = Command::new("node");
+        cmd.arg("server.mjs").arg("--token").arg(token).args(args);
+        let mut http = reqwest::Client::builder();
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls").arg(cert).arg(key);
+            let pem = std::fs::read(cert).expect("cert");
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"));
+        }
+        let mut child = cmd
             .current_dir(&dir)
             // The server exits when its stdin closes, so a crashed test leaves nothing behind.
             .stdin(Stdio::piped())
@@ -44,11 +63,12 @@ impl FhirServer {
             .strip_prefix("LISTENING ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from the FHIR server: {line:?}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         FhirServer {
-            origin: format!("http://127.0.0.1:{port}"),
+            origin: format!("{scheme}://127.0.0.1:{port}"),
             token: token.into(),
             child,
-            http: reqwest::Client::new(),
+            http: http.build().expect("client"),
         }
     }
 

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 srv=tests/support/fhir-server
+# One install at a time (two test runs on one checkout).
+exec 9>"$srv/.setup.lock"
+flock 9
 # npm ci again only when the lockfile changed since the last install.
 if ! cmp -s "$srv/package-lock.json" "$srv/node_modules/.package-lock.json.installed" 2>/dev/null; then
   (cd "$srv" && npm ci --no-audit --no-fund --loglevel=error >&2)

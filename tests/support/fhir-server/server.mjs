@@ -3,6 +3,8 @@
 // paging, _include, bearer-token checking, admin and fault-injection endpoints.
 // See README.md for the contract. SPDX-License-Identifier: Apache-2.0
 import http from 'node:http';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import {
   evalFhirPath, getStatus, globalSchema, indexSearchParameterBundle, normalizeOperationOutcome, parseSearchRequest,
@@ -13,7 +15,9 @@ import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 const MAX_BODY = 50 * 1024 * 1024;
 const DEFAULT_COUNT = 50;
 const HUGE_DEFAULT_COUNT = 100;
-const MAX_COUNT = 1000;
+// --max-count N: a page never holds more than N matches, whatever _count asks (servers cap it).
+const maxCountAt = process.argv.indexOf('--max-count');
+const MAX_COUNT = maxCountAt >= 0 ? Math.max(1, parseInt(process.argv[maxCountAt + 1], 10) || 1000) : 1000;
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
 const args = process.argv.slice(2);
@@ -21,6 +25,9 @@ const tokenAt = args.indexOf('--token');
 const TOKEN = tokenAt >= 0 ? args[tokenAt + 1] : undefined;
 if (tokenAt >= 0 && !TOKEN) fail('--token needs a value');
 const WATCH_STDIN = !args.includes('--ignore-stdin');
+// --tls CERT.pem KEY.pem: serve https (tests of certificate verification).
+const tlsAt = args.indexOf('--tls');
+const TLS = tlsAt >= 0 ? { cert: readFileSync(args[tlsAt + 1]), key: readFileSync(args[tlsAt + 2]) } : null;
 
 // Search parameters are all fhir-router's in-memory search needs. The full StructureDefinitions
 // (profiles-*.json) would add ~1.1 s to start-up and change no result we rely on.
@@ -314,7 +321,7 @@ async function handle(req, res) {
   await serveFhir(res, method, fhirPath, params, rawBody, ctx);
 }
 
-const server = http.createServer((req, res) => {
+const onRequest = (req, res) => {
   handle(req, res).catch((err) => {
     if (err instanceof HttpError) {
       send(res, err.status, outcome(err.code, err.message), FHIR_JSON, err.status === 413 ? { connection: 'close' } : {});
@@ -324,8 +331,11 @@ const server = http.createServer((req, res) => {
     process.stderr.write(`fhir-server: ${err?.stack ?? err}\n`);
     send(res, 500, normalizeOperationOutcome(err));
   });
-});
+};
+const server = TLS ? https.createServer(TLS, onRequest) : http.createServer(onRequest);
 server.headersTimeout = 30_000;
+// Longer than a client's pool idle time, so a pooled connection is never reset under a test.
+server.keepAliveTimeout = 120_000;
 
 function shutdown() {
   server.closeAllConnections?.();
@@ -345,6 +355,6 @@ if (WATCH_STDIN) { // the parent (test harness) went away or closed our stdin: s
 }
 
 server.listen(0, '127.0.0.1', () => {
-  origin = `http://127.0.0.1:${server.address().port}`;
+  origin = `${TLS ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
   process.stdout.write(`LISTENING ${server.address().port}\n`);
 });
