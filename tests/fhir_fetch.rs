@@ -58,6 +58,22 @@ fn examples() -> Vec<(String, Value)> {
     out
 }
 
+fn example_named(name: &str) -> Value {
+    examples()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no example {name}"))
+}
+
+/// A FHIR server holding `req`'s patient, and the service allowed to fetch from it.
+async fn serve(req: &Value, settings: FhirSettings) -> (FhirServer, App) {
+    let fhir = FhirServer::start(TOKEN);
+    let app = spawn(&fhir, settings).await;
+    fhir.load(&json!(prefetched_resources(req))).await;
+    (fhir, app)
+}
+
 async fn spawn(fhir: &FhirServer, settings: FhirSettings) -> App {
     let mut fhir_servers = vec![fhir.base(None)];
     fhir_servers.extend(FAULTS.iter().map(|f| fhir.base(Some(f))));
@@ -273,14 +289,9 @@ fn without_medications(req: &Value) -> Value {
 
 #[tokio::test]
 async fn medications_no_search_included_are_read_one_by_one() {
-    let fhir = FhirServer::start(TOKEN);
-    let app = spawn(&fhir, lab_settings()).await;
-    let (_, original) = examples()
-        .into_iter()
-        .find(|(n, _)| n == "order-select-long-term-alprazolam")
-        .expect("example");
+    let original = example_named("order-select-long-term-alprazolam");
     let req = as_references(&original);
-    fhir.load(&json!(prefetched_resources(&req))).await;
+    let (fhir, app) = serve(&req, lab_settings()).await;
     let (_, full) = call(&app, &req).await;
     let (_, plain) = call(&app, &original).await;
     assert_eq!(
@@ -314,13 +325,8 @@ async fn medications_no_search_included_are_read_one_by_one() {
 
 #[tokio::test]
 async fn a_prefetched_first_page_is_completed_by_following_next() {
-    let fhir = FhirServer::start(TOKEN);
-    let app = spawn(&fhir, lab_settings()).await;
-    let (_, req) = examples()
-        .into_iter()
-        .find(|(n, _)| n == "order-select-long-term-alprazolam")
-        .expect("example");
-    fhir.load(&json!(prefetched_resources(&req))).await;
+    let req = example_named("order-select-long-term-alprazolam");
+    let (fhir, app) = serve(&req, lab_settings()).await;
     let (_, full) = call(&app, &req).await;
     // The EHR's prefetch is the first page of each search, one resource a page.
     let mut paged = fetch_mode(&req, &fhir.base(None), &["patient", "conditions"]);
@@ -366,28 +372,19 @@ async fn a_prefetched_first_page_is_completed_by_following_next() {
 
 fn benzo_order() -> Value {
     // An order-sign for clonazepam with a full prefetch, from the examples.
-    examples()
-        .into_iter()
-        .find(|(n, _)| n == "order-sign-new-benzo-start")
-        .expect("example")
-        .1
+    example_named("order-sign-new-benzo-start")
 }
 
 #[tokio::test]
 async fn faults_never_give_a_5xx_and_keep_the_deadline() {
-    let fhir = FhirServer::start(TOKEN);
     let deadline = Duration::from_millis(600);
-    let app = spawn(
-        &fhir,
-        FhirSettings {
-            deadline_ms: deadline.as_millis() as u64,
-            max_pages: 3,
-            ..lab_settings()
-        },
-    )
-    .await;
     let req = benzo_order();
-    fhir.load(&json!(prefetched_resources(&req))).await;
+    let settings = FhirSettings {
+        deadline_ms: deadline.as_millis() as u64,
+        max_pages: 3,
+        ..lab_settings()
+    };
+    let (fhir, app) = serve(&req, settings).await;
     let (s, full) = call(&app, &req).await;
     assert_eq!(s, StatusCode::OK);
     assert!(!full["cards"].as_array().expect("cards").is_empty());
@@ -466,10 +463,8 @@ async fn faults_never_give_a_5xx_and_keep_the_deadline() {
 
 #[tokio::test]
 async fn a_server_the_issuer_does_not_name_is_never_contacted() {
-    let fhir = FhirServer::start(TOKEN);
-    let app = spawn(&fhir, lab_settings()).await;
     let req = benzo_order();
-    fhir.load(&json!(prefetched_resources(&req))).await;
+    let (fhir, app) = serve(&req, lab_settings()).await;
     // A working server with the patient's data, that the issuer does not name.
     let other = FhirServer::start(TOKEN);
     other.load(&json!(prefetched_resources(&req))).await;
@@ -608,20 +603,12 @@ async fn tls_is_verified_and_a_hospital_ca_can_be_added() {
 
 #[tokio::test]
 async fn the_resource_limit_is_kept_and_degradations_are_counted() {
-    let fhir = FhirServer::start(TOKEN);
-    let app = spawn(
-        &fhir,
-        FhirSettings {
-            max_resources: 1,
-            ..lab_settings()
-        },
-    )
-    .await;
-    let (_, req) = examples()
-        .into_iter()
-        .find(|(n, _)| n == "order-select-long-term-alprazolam")
-        .expect("example");
-    fhir.load(&json!(prefetched_resources(&req))).await;
+    let req = example_named("order-select-long-term-alprazolam");
+    let settings = FhirSettings {
+        max_resources: 1,
+        ..lab_settings()
+    };
+    let (fhir, app) = serve(&req, settings).await;
     let (_, full) = call(&app, &req).await;
     assert!(!full["cards"].as_array().expect("cards").is_empty());
     // Seven dispenses in the history, one kept: part of the history, no taper plan.
