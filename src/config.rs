@@ -32,6 +32,8 @@ pub struct Config {
     pub auth: AuthSettings,
     #[serde(default)]
     pub fhir: crate::fhir::FhirSettings,
+    #[serde(default)]
+    pub store: crate::store::StoreSettings,
     /// A deployment's own knowledge tables instead of the built-in ones.
     #[serde(default)]
     pub knowledge_dir: Option<PathBuf>,

@@ -443,7 +443,16 @@ impl Verifier {
                 _ => AuthError::BadSignature,
             })?
             .claims;
-        self.check_claims(issuer, &claims, expected_aud, now)?;
+        let until = self.check_claims(issuer, &claims, expected_aud, now)?;
+        // The guard keeps the jti as long as the token could still be accepted.
+        let jti = claims.jti.as_deref().unwrap_or_default();
+        if !self
+            .replay
+            .first_use(&format!("{}|{jti}", issuer.cfg.iss), until, now)
+            .await
+        {
+            return Err(AuthError::Replayed);
+        }
         Ok(Principal {
             iss: issuer.cfg.iss.clone(),
             kid,
@@ -458,7 +467,7 @@ impl Verifier {
         c: &Claims,
         expected_aud: &str,
         now: i64,
-    ) -> Result<(), AuthError> {
+    ) -> Result<i64, AuthError> {
         let now = now as f64;
         let leeway = self.settings.leeway_seconds as f64;
         if c.iss.as_deref() != Some(issuer.cfg.iss.as_str()) {
@@ -472,8 +481,7 @@ impl Verifier {
             .iat
             .filter(|x| x.is_finite())
             .ok_or(AuthError::MissingClaim("iat"))?;
-        let jti = c
-            .jti
+        c.jti
             .as_deref()
             .filter(|j| !j.is_empty() && j.len() <= 256)
             .ok_or(AuthError::MissingClaim("jti"))?;
@@ -511,14 +519,6 @@ impl Verifier {
         {
             return Err(AuthError::TenantMismatch);
         }
-        // The guard keeps the jti as long as the token could still be accepted.
-        let until = (exp + leeway).ceil() as i64;
-        if !self
-            .replay
-            .first_use(&format!("{}|{jti}", issuer.cfg.iss), until, now as i64)
-        {
-            return Err(AuthError::Replayed);
-        }
-        Ok(())
+        Ok((exp + leeway).ceil() as i64)
     }
 }

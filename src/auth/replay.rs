@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+#[async_trait::async_trait]
 pub trait ReplayGuard: Send + Sync {
     /// Records `key` until `expires_at` (unix seconds); false if it was already there.
-    fn first_use(&self, key: &str, expires_at: i64, now: i64) -> bool;
+    async fn first_use(&self, key: &str, expires_at: i64, now: i64) -> bool;
 }
 
 /// Per-process guard; memory stays bounded because entries are purged once expired and the
@@ -16,8 +17,9 @@ pub struct MemoryReplayGuard {
     seen: Mutex<HashMap<String, i64>>,
 }
 
+#[async_trait::async_trait]
 impl ReplayGuard for MemoryReplayGuard {
-    fn first_use(&self, key: &str, expires_at: i64, now: i64) -> bool {
+    async fn first_use(&self, key: &str, expires_at: i64, now: i64) -> bool {
         let mut seen = match self.seen.lock() {
             Ok(g) => g,
             // A panic elsewhere while holding the lock must not open the door: keep the data.

@@ -247,9 +247,10 @@ async fn discovery(State(s): State<Arc<AppState>>) -> Json<Discovery> {
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Knowledge loaded and store reachable")))]
 async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    // Degraded still serves hooks (they fail toward showing cards), so it stays ready.
     Json(
         json!({"status": "ready", "knowledge": s.kb.summary().medications,
-        "store": s.store.kind(), "store_health": s.store.health()}),
+        "store": s.store.kind(), "store_health": s.store.health().await}),
     )
 }
 
@@ -307,10 +308,11 @@ fn base_url(s: &AppState, headers: &HeaderMap) -> Option<String> {
 /// or identifier in it, not cached by intermediaries.
 #[utoipa::path(get, path = "/calendar/{id}", params(("id" = String, Path, description = "The id in the card's link")),
     responses((status = 200, description = "The printable taper calendar", content_type = "text/html"),
-               (status = 404, description = "Unknown or expired", body = ErrorBody)))]
+               (status = 404, description = "Unknown or expired", body = ErrorBody),
+               (status = 503, description = "The store cannot be read now", body = ErrorBody)))]
 async fn calendar(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match s.store.get_calendar(&id) {
-        Some(html) => (
+    match s.store.get_calendar(&id).await {
+        Ok(Some(html)) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-store"),
@@ -319,10 +321,16 @@ async fn calendar(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Res
             html.as_str().to_string(),
         )
             .into_response(),
-        None => ApiError::new(
+        Ok(None) => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no such calendar (it may have expired)",
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the calendar cannot be read now; retry",
         )
         .into_response(),
     }
@@ -499,7 +507,10 @@ async fn hook(
         },
     )?;
     if let Some(html) = &out.calendar_html
-        && let Err(e) = s.store.put_calendar(&calendar_id, Arc::new(html.clone()))
+        && let Err(e) = s
+            .store
+            .put_calendar(&calendar_id, Arc::new(html.clone()))
+            .await
     {
         // The cards are still right; only the printable page is missing.
         tracing::warn!(error = %e, "calendar not stored");
@@ -541,6 +552,7 @@ fn record_fetch(service: &str, r: &crate::fhir::Report) {
         (status = 404, description = "Unknown service", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 503, description = "Not stored (store unavailable): retry", body = ErrorBody),
     ))]
 async fn feedback(
     State(s): State<Arc<AppState>>,
@@ -553,7 +565,7 @@ async fn feedback(
     let fb: FeedbackRequest = parse(&body)?;
     let n = fb.feedback.len();
     // Acknowledged only once stored; otherwise 503 so the EHR retries.
-    s.store.put_feedback(&id, &fb.feedback).map_err(|e| {
+    let stored = s.store.put_feedback(&id, &fb.feedback).await.map_err(|e| {
         tracing::warn!(error = %e, "feedback not stored");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -561,7 +573,7 @@ async fn feedback(
             "feedback could not be stored; retry",
         )
     })?;
-    tracing::info!(service = %id, items = n, "feedback stored");
+    tracing::info!(service = %id, items = n, new = stored.new, duplicates = stored.duplicates, "feedback stored");
     Ok(Json(json!({})).into_response())
 }
 
@@ -570,7 +582,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
     let kb =
         crate::knowledge_files::load(config.knowledge_dir.as_deref()).map_err(|e| e.to_string())?;
     let catalogue = Discovery::embedded().map_err(|e| format!("service catalogue: {e}"))?;
-    let replay = Arc::new(crate::auth::replay::MemoryReplayGuard::default());
+    let crate::store::Built { store, replay } = crate::store::build(&config.store, CALENDAR_TTL)?;
     let verifier = Verifier::new(config.auth.clone(), replay)
         .await
         .map_err(|e| e.to_string())?;
@@ -581,7 +593,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         catalogue,
         verifier,
         public_base_url: config.server.public_base_url.clone(),
-        store: Arc::new(crate::store::MemoryStore::new(CALENDAR_TTL)),
+        store,
         fixed_today: None,
         fhir,
     })

@@ -1,9 +1,54 @@
 //! Shared state behind one trait: feedback and the printable calendars. The embedded default
-//! keeps them in memory (one replica); a Redis implementation comes for several replicas.
+//! keeps them in memory (one replica); [`redis::RedisStore`] shares them between replicas.
 
+pub mod breaker;
+pub mod redis;
+
+use crate::auth::replay::{MemoryReplayGuard, ReplayGuard};
 use crate::protocol::Feedback;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// `[store]`: where shared state lives.
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    pub redis: redis::RedisSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One replica: state in process memory, lost on restart.
+    #[default]
+    Memory,
+    /// Several replicas share it.
+    Redis,
+}
+
+/// The store and the replay guard the settings ask for.
+pub struct Built {
+    pub store: Arc<dyn Store>,
+    pub replay: Arc<dyn ReplayGuard>,
+}
+
+pub fn build(settings: &StoreSettings, calendar_ttl: Duration) -> Result<Built, String> {
+    Ok(match settings.backend {
+        Backend::Memory => Built {
+            store: Arc::new(MemoryStore::new(calendar_ttl)),
+            replay: Arc::new(MemoryReplayGuard::default()),
+        },
+        Backend::Redis => {
+            let store = Arc::new(redis::RedisStore::new(&settings.redis, calendar_ttl)?);
+            Built {
+                store: store.clone(),
+                replay: Arc::new(redis::RedisReplayGuard::new(store)),
+            }
+        }
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -20,19 +65,44 @@ pub enum StoreHealth {
     Degraded,
 }
 
+/// What a feedback write did: items new to the store, and items already there (an EHR retry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub new: usize,
+    pub duplicates: usize,
+}
+
+/// The identity of a feedback item: the same card, outcome and time is the same answer, so an
+/// EHR's retry is not counted twice.
+pub fn feedback_id(service: &str, item: &Feedback) -> String {
+    let outcome = match item.outcome {
+        crate::protocol::Outcome::Accepted => "accepted",
+        crate::protocol::Outcome::Overridden => "overridden",
+    };
+    let key = format!(
+        "{service}\n{}\n{outcome}\n{}",
+        item.card, item.outcome_timestamp
+    );
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes()).to_string()
+}
+
+#[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Records feedback items for a service; Ok only once they are stored.
-    fn put_feedback(&self, service: &str, items: &[Feedback]) -> Result<(), StoreError>;
-    fn put_calendar(&self, id: &str, html: Arc<String>) -> Result<(), StoreError>;
-    fn get_calendar(&self, id: &str) -> Option<Arc<String>>;
-    fn health(&self) -> StoreHealth;
+    /// Records feedback items for a service; Ok only once every item is stored (or was already).
+    async fn put_feedback(&self, service: &str, items: &[Feedback]) -> Result<Stored, StoreError>;
+    async fn put_calendar(&self, id: &str, html: Arc<String>) -> Result<(), StoreError>;
+    async fn get_calendar(&self, id: &str) -> Result<Option<Arc<String>>, StoreError>;
+    async fn health(&self) -> StoreHealth;
     /// A short name for logs and /readyz.
     fn kind(&self) -> &'static str;
 }
 
+/// Items in arrival order, and the ids seen.
+type FeedbackLog = (Vec<(String, Feedback)>, HashSet<String>);
+
 /// Process memory: bounded, with calendar pages expiring after `calendar_ttl`.
 pub struct MemoryStore {
-    feedback: Mutex<Vec<(String, Feedback)>>,
+    feedback: Mutex<FeedbackLog>,
     calendars: moka::sync::Cache<String, Arc<String>>,
     max_feedback: usize,
 }
@@ -40,7 +110,7 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(calendar_ttl: Duration) -> Self {
         MemoryStore {
-            feedback: Mutex::new(Vec::new()),
+            feedback: Mutex::new((Vec::new(), HashSet::new())),
             calendars: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(calendar_ttl)
@@ -51,34 +121,47 @@ impl MemoryStore {
 
     /// Feedback stored so far (for tests and the admin view to come).
     pub fn feedback(&self) -> Vec<(String, Feedback)> {
-        self.feedback.lock().map(|f| f.clone()).unwrap_or_default()
+        self.feedback
+            .lock()
+            .map(|f| f.0.clone())
+            .unwrap_or_default()
     }
 }
 
+#[async_trait::async_trait]
 impl Store for MemoryStore {
-    fn put_feedback(&self, service: &str, items: &[Feedback]) -> Result<(), StoreError> {
-        let mut f = self
+    async fn put_feedback(&self, service: &str, items: &[Feedback]) -> Result<Stored, StoreError> {
+        let mut guard = self
             .feedback
             .lock()
             .map_err(|_| StoreError::Unavailable("poisoned lock".into()))?;
-        if f.len() + items.len() > self.max_feedback {
+        let (list, seen) = &mut *guard;
+        if list.len() + items.len() > self.max_feedback {
             // Refuse rather than drop silently: the EHR retries, nothing is lost unseen.
             return Err(StoreError::Unavailable("in-memory feedback is full".into()));
         }
-        f.extend(items.iter().map(|i| (service.to_string(), i.clone())));
-        Ok(())
+        let mut stored = Stored::default();
+        for i in items {
+            if seen.insert(feedback_id(service, i)) {
+                list.push((service.to_string(), i.clone()));
+                stored.new += 1;
+            } else {
+                stored.duplicates += 1;
+            }
+        }
+        Ok(stored)
     }
 
-    fn put_calendar(&self, id: &str, html: Arc<String>) -> Result<(), StoreError> {
+    async fn put_calendar(&self, id: &str, html: Arc<String>) -> Result<(), StoreError> {
         self.calendars.insert(id.to_string(), html);
         Ok(())
     }
 
-    fn get_calendar(&self, id: &str) -> Option<Arc<String>> {
-        self.calendars.get(id)
+    async fn get_calendar(&self, id: &str) -> Result<Option<Arc<String>>, StoreError> {
+        Ok(self.calendars.get(id))
     }
 
-    fn health(&self) -> StoreHealth {
+    async fn health(&self) -> StoreHealth {
         StoreHealth::Ok
     }
 

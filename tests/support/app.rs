@@ -5,6 +5,7 @@ use offramp::auth::{AuthSettings, IssuerConfig};
 use offramp::config::Config;
 use offramp::fhir::FhirSettings;
 use offramp::http::{Limits, build_state, run};
+use offramp::store::{Backend, StoreSettings};
 use serde_json::json;
 use std::path::Path;
 
@@ -40,6 +41,8 @@ pub struct Setup {
     /// fhirServer base URLs the test issuer may name.
     pub fhir_servers: Vec<String>,
     pub fhir: FhirSettings,
+    /// Memory (the default: the test reads it through `App::store`) or Redis.
+    pub store: StoreSettings,
 }
 
 pub async fn spawn_app_with(setup: Setup) -> App {
@@ -64,6 +67,7 @@ pub async fn spawn_app_with(setup: Setup) -> App {
             ..AuthSettings::default()
         },
         fhir: setup.fhir,
+        store: setup.store.clone(),
         knowledge_dir: None,
     };
     let mut state = build_state(&config).await.expect("state");
@@ -72,7 +76,9 @@ pub async fn spawn_app_with(setup: Setup) -> App {
     let store = std::sync::Arc::new(offramp::store::MemoryStore::new(
         offramp::http::CALENDAR_TTL,
     ));
-    state.store = store.clone();
+    if setup.store.backend == Backend::Memory {
+        state.store = store.clone();
+    }
     let state = std::sync::Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod fhir;
+pub mod redis;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
