@@ -90,29 +90,33 @@ pub enum SkipReason {
     NotAMedicationRecord,
 }
 
-/// Medication resources found elsewhere in the record (a Bundle, prefetch), by "Medication/id".
+/// Medication resources found elsewhere in the record (a Bundle, prefetch), by id.
 #[derive(Debug, Clone, Default)]
 pub struct MedicationIndex {
-    by_ref: HashMap<String, MedicationCodes>,
+    by_id: HashMap<String, MedicationCodes>,
 }
 
 impl MedicationIndex {
     pub fn insert(&mut self, medication: &Value) {
         if let Some(id) = str_field(medication, "id") {
-            self.by_ref
-                .insert(format!("Medication/{id}"), medication_codes(medication));
+            self.by_id
+                .insert(id.to_string(), medication_codes(medication));
         }
     }
 
     fn get(&self, reference: &str) -> Option<&MedicationCodes> {
-        // Absolute references end with the relative one.
-        let key = reference
-            .rsplit_once("/Medication/")
-            .map_or(reference.to_string(), |(_, id)| {
-                format!("Medication/{}", id.split("/_history").next().unwrap_or(id))
-            });
-        self.by_ref.get(&key)
+        self.by_id.get(medication_ref_id(reference)?)
     }
+}
+
+/// The id a Medication reference names: relative ("Medication/1"), absolute
+/// ("https://ehr/fhir/Medication/1") or versioned ("…/Medication/1/_history/2").
+pub fn medication_ref_id(reference: &str) -> Option<&str> {
+    let id = match reference.rsplit_once("/Medication/") {
+        Some((_, id)) => id,
+        None => reference.strip_prefix("Medication/")?,
+    };
+    id.split("/_history").next()
 }
 
 fn medication_codes(medication: &Value) -> MedicationCodes {
@@ -327,6 +331,13 @@ mod tests {
         .expect("record");
         assert_eq!(r.medication.codings.len(), 1);
         assert!(!r.medication.unresolved_reference);
+        for found in ["Medication/m1", "Medication/m1/_history/2"] {
+            assert_eq!(medication_ref_id(found), Some("m1"));
+            assert!(idx.get(found).is_some(), "{found}");
+        }
+        for other in ["#m1", "Substance/m1", "OtherMedication/m1"] {
+            assert!(idx.get(other).is_none(), "{other}");
+        }
         let r = read_record(
             &json!({"resourceType": "MedicationRequest", "medicationReference": {"reference": "Medication/zz"}}),
             &idx,

@@ -363,13 +363,9 @@ fn missing_medications(prefetch: &Map<String, Value>) -> BTreeMap<String, String
     wanted
 }
 
+/// The referenced id, only when it is a FHIR id (it goes into a URL).
 fn medication_id(reference: &str) -> Option<&str> {
-    let i = reference.rfind("Medication/")?;
-    if i > 0 && !reference[..i].ends_with('/') {
-        return None;
-    }
-    let id = reference[i + "Medication/".len()..].split('/').next()?;
-    is_fhir_id(id).then_some(id)
+    crate::clinical::record::medication_ref_id(reference).filter(|id| is_fhir_id(id))
 }
 
 enum Start {
@@ -421,7 +417,7 @@ impl Run {
                         };
                     }
                 };
-                if !is_searchset(&first) {
+                if !is_bundle(&first) {
                     return Fetched {
                         result: Ok(Got::Resource(first)),
                         requests,
@@ -450,7 +446,7 @@ impl Run {
             requests += 1;
             pages += 1;
             match self.get(next).await {
-                Ok(page) if is_searchset(&page) => {
+                Ok(page) if is_bundle(&page) => {
                     url = next_link(&page);
                     entries.extend(take_entries(page));
                 }
@@ -557,18 +553,12 @@ fn is_fhir_id(s: &str) -> bool {
         && s != ".."
 }
 
-fn is_searchset(v: &Value) -> bool {
+fn is_bundle(v: &Value) -> bool {
     v.get("resourceType").and_then(Value::as_str) == Some("Bundle")
 }
 
 fn next_link(v: &Value) -> Option<String> {
-    if !is_searchset(v) {
-        return None;
-    }
-    v.get("link")?
-        .as_array()?
-        .iter()
-        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))?
+    crate::protocol::next_link(v)?
         .get("url")?
         .as_str()
         .map(str::to_string)

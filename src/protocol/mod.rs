@@ -240,6 +240,16 @@ pub enum Outcome {
     Overridden,
 }
 
+impl Outcome {
+    /// As on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Overridden => "overridden",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Feedback {
@@ -319,6 +329,18 @@ pub enum PrefetchState {
     Complete,
 }
 
+/// A Bundle's `next` link (the link object: its url may be missing or malformed).
+pub fn next_link(bundle: &Value) -> Option<&Value> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return None;
+    }
+    bundle
+        .get("link")?
+        .as_array()?
+        .iter()
+        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+}
+
 pub fn prefetch_state(v: Option<&Value>) -> PrefetchState {
     fn kind(v: &Value) -> Option<&str> {
         v.get("resourceType").and_then(Value::as_str)
@@ -329,11 +351,7 @@ pub fn prefetch_state(v: Option<&Value>) -> PrefetchState {
     match kind(v) {
         Some("OperationOutcome") | None => PrefetchState::Missing,
         Some("Bundle") => {
-            let links = v.get("link").and_then(Value::as_array);
-            let has_next = links
-                .into_iter()
-                .flatten()
-                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"));
+            let has_next = next_link(v).is_some();
             let entries = v.get("entry").and_then(Value::as_array);
             let has_error = entries.into_iter().flatten().any(|e| {
                 e.get("resource").is_some_and(|r| {

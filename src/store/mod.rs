@@ -75,10 +75,7 @@ pub struct Stored {
 /// The identity of a feedback item: the same card, outcome and time is the same answer, so an
 /// EHR's retry is not counted twice.
 pub fn feedback_id(service: &str, item: &Feedback) -> String {
-    let outcome = match item.outcome {
-        crate::protocol::Outcome::Accepted => "accepted",
-        crate::protocol::Outcome::Overridden => "overridden",
-    };
+    let outcome = item.outcome.as_str();
     let key = format!(
         "{service}\n{}\n{outcome}\n{}",
         item.card, item.outcome_timestamp

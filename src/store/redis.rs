@@ -6,7 +6,7 @@
 use super::breaker::Breaker;
 use super::{Store, StoreError, StoreHealth, Stored, feedback_id};
 use crate::auth::replay::{MemoryReplayGuard, ReplayGuard};
-use crate::protocol::{Feedback, Outcome};
+use crate::protocol::Feedback;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use std::future::Future;
@@ -59,9 +59,7 @@ return 0
 
 pub struct RedisStore {
     conn: ConnectionManager,
-    prefix: String,
     breaker: Breaker,
-    response_timeout: Duration,
     calendar_ttl: Duration,
     settings: RedisSettings,
     put_feedback: redis::Script,
@@ -82,12 +80,10 @@ impl RedisStore {
             .map_err(|e| format!("store.redis: {e}"))?;
         Ok(RedisStore {
             conn,
-            prefix: settings.key_prefix.clone(),
             breaker: Breaker::new(
                 settings.breaker_failures,
                 Duration::from_millis(settings.breaker_cooldown_ms),
             ),
-            response_timeout,
             calendar_ttl,
             settings: settings.clone(),
             put_feedback: redis::Script::new(PUT_FEEDBACK),
@@ -95,7 +91,7 @@ impl RedisStore {
     }
 
     pub fn key(&self, parts: &str) -> String {
-        format!("{}{parts}", self.prefix)
+        format!("{}{parts}", self.settings.key_prefix)
     }
 
     /// One Redis call through the breaker and a deadline. Errors name no key (keys may carry
@@ -108,7 +104,7 @@ impl RedisStore {
             return Err(StoreError::Unavailable("redis circuit open".into()));
         }
         // The manager's own timeout covers a command; this one also covers a reconnect.
-        let budget = self.response_timeout * 2;
+        let budget = Duration::from_millis(self.settings.response_timeout_ms) * 2;
         match tokio::time::timeout(budget, f(self.conn.clone())).await {
             Ok(Ok(v)) => {
                 self.breaker.success();
@@ -158,13 +154,6 @@ impl RedisStore {
     }
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Accepted => "accepted",
-        Outcome::Overridden => "overridden",
-    }
-}
-
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn put_feedback(&self, service: &str, items: &[Feedback]) -> Result<Stored, StoreError> {
@@ -189,7 +178,7 @@ impl Store for RedisStore {
                 ("id", id.as_str()),
                 ("service", service),
                 ("card", item.card.as_str()),
-                ("outcome", outcome_str(item.outcome)),
+                ("outcome", item.outcome.as_str()),
                 ("outcome_timestamp", item.outcome_timestamp.as_str()),
                 ("override_system", system),
                 ("override_code", code),
