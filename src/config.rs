@@ -34,9 +34,20 @@ pub struct Config {
     pub fhir: crate::fhir::FhirSettings,
     #[serde(default)]
     pub store: crate::store::StoreSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// A deployment's own knowledge tables instead of the built-in ones.
     #[serde(default)]
     pub knowledge_dir: Option<PathBuf>,
+}
+
+/// `[admin]`: the operators' endpoints.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Bearer token for /admin/*; empty turns them off (404). Set it from a secret
+    /// (OFFRAMP__ADMIN__TOKEN), at least 32 characters.
+    pub token: crate::store::Secret,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +140,28 @@ impl Config {
                 "fhir.deadline_ms ({}) + auth.jwks_timeout_ms ({}) + 1000 must not exceed server.request_timeout_ms ({}): evaluation needs time after the fetch",
                 f.deadline_ms, self.auth.jwks_timeout_ms, srv.request_timeout_ms
             )));
+        }
+        let st = &self.store;
+        if st.backend == crate::store::Backend::Redis && st.patient_key.0.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "store.patient_key must be set (at least 32 characters, the same on every replica) when store.backend is redis: it keys the hash of patient ids in shared keys".into(),
+            ));
+        }
+        if !st.patient_key.0.is_empty() && st.patient_key.0.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "store.patient_key must have at least 32 characters".into(),
+            ));
+        }
+        if st.card_log_days == 0 {
+            return Err(ConfigError::Invalid(
+                "store.card_log_days must be positive".into(),
+            ));
+        }
+        let admin = &self.admin.token.0;
+        if !admin.is_empty() && admin.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "admin.token must have at least 32 characters".into(),
+            ));
         }
         if self.auth.leeway_seconds > 300 {
             return Err(ConfigError::Invalid(

@@ -93,6 +93,11 @@ fn mistakes_are_refused_with_the_key_named() {
         ("OFFRAMP__FHIR__DEADLINE_MS", "10000", "fhir.deadline_ms"),
         ("OFFRAMP__FHIR__MAX_PAGES", "0", "fhir limits"),
         ("OFFRAMP__FHIR__VERIFY_TLS", "false", "verify_tls"),
+        // Shared keys need the same secret on every replica.
+        ("OFFRAMP__STORE__BACKEND", "redis", "store.patient_key"),
+        ("OFFRAMP__STORE__PATIENT_KEY", "short", "store.patient_key"),
+        ("OFFRAMP__ADMIN__TOKEN", "short", "admin.token"),
+        ("OFFRAMP__STORE__CARD_LOG_DAYS", "0", "card_log_days"),
     ] {
         let e = Config::load(None, &env(&[(k, v)]))
             .expect_err(k)
@@ -100,6 +105,16 @@ fn mistakes_are_refused_with_the_key_named() {
         assert!(e.contains(needle), "{k}: {e}");
     }
     assert!(Config::load(Some(Path::new("/nonexistent.toml")), &[]).is_err());
+    let redis = Config::load(
+        None,
+        &env(&[
+            ("OFFRAMP__STORE__BACKEND", "redis"),
+            ("OFFRAMP__STORE__PATIENT_KEY", &"k".repeat(32)),
+        ]),
+    );
+    assert!(redis.is_ok(), "{redis:?}");
+    // The secret never appears in Debug output (e.g. a logged config).
+    assert!(!format!("{redis:?}").contains(&"k".repeat(32)));
 }
 
 #[tokio::test]

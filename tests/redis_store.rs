@@ -4,8 +4,12 @@
 
 use offramp::auth::replay::ReplayGuard;
 use offramp::protocol::Feedback;
+use offramp::rules::quiet::{RiskMark, Snooze, SnoozeKind};
 use offramp::store::redis::{RedisReplayGuard, RedisSettings, RedisStore};
-use offramp::store::{Backend, Store, StoreHealth, StoreSettings};
+use offramp::store::stats::summarise;
+use offramp::store::{
+    Backend, CardNote, FeedbackItem, MemoryStore, Store, StoreHealth, StoreSettings,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 mod support;
 use support::app::{Setup, example, spawn_app_with};
 use support::redis::RedisServer;
+use support::redis_cluster::RedisCluster;
 
 const DAY: u64 = 24 * 3600;
 
@@ -31,6 +36,15 @@ fn feedback(card: &str, outcome: &str, ts: &str) -> Feedback {
         "overrideReason": {"reason": {"system": "http://offramp.health/fhir/CodeSystem/override-reason",
             "code": "patient-declines"}, "userComment": "Mrs Example said no"}}))
     .expect("feedback")
+}
+
+/// Feedback attributed to a rule and prescriber, as the handler passes it.
+fn item(f: &Feedback) -> FeedbackItem<'_> {
+    FeedbackItem {
+        feedback: f,
+        rule: "off-ramp",
+        prescriber: "Practitioner/p1",
+    }
 }
 
 fn ttl(redis: &RedisServer, key: &str) -> i64 {
@@ -87,12 +101,12 @@ async fn each_item_is_stored_with_its_expiry_and_feedback_once() {
     let a = feedback("card-1", "overridden", "2026-11-23T10:00:00Z");
     let b = feedback("card-1", "accepted", "2026-11-23T10:05:00Z");
     let first = store
-        .put_feedback("offramp-order-sign", std::slice::from_ref(&a))
+        .put_feedback("offramp-order-sign", &[item(&a)])
         .await
         .expect("put");
     assert_eq!((first.new, first.duplicates), (1, 0));
     let again = store
-        .put_feedback("offramp-order-sign", &[a, b])
+        .put_feedback("offramp-order-sign", &[item(&a), item(&b)])
         .await
         .expect("put");
     assert_eq!((again.new, again.duplicates), (1, 1));
@@ -119,11 +133,11 @@ async fn a_dead_redis_is_skipped_and_the_store_comes_back_by_itself() {
     redis.kill();
 
     // Feedback is refused (the EHR retries) rather than acknowledged and lost.
-    let item = feedback("card-2", "accepted", "2026-11-23T11:00:00Z");
+    let fb = feedback("card-2", "accepted", "2026-11-23T11:00:00Z");
     for _ in 0..3 {
         assert!(
             store
-                .put_feedback("offramp-order-sign", std::slice::from_ref(&item))
+                .put_feedback("offramp-order-sign", &[item(&fb)])
                 .await
                 .is_err()
         );
@@ -149,7 +163,7 @@ async fn a_dead_redis_is_skipped_and_the_store_comes_back_by_itself() {
     let mut back = false;
     while t.elapsed() < Duration::from_secs(10) {
         if store
-            .put_feedback("offramp-order-sign", std::slice::from_ref(&item))
+            .put_feedback("offramp-order-sign", &[item(&fb)])
             .await
             .is_ok()
         {
@@ -169,6 +183,8 @@ async fn replicas_share_the_replay_guard_and_keep_answering_without_redis() {
     let store = StoreSettings {
         backend: Backend::Redis,
         redis: settings(&redis),
+        patient_key: offramp::store::Secret("k".repeat(32)),
+        ..StoreSettings::default()
     };
     let setup = || Setup {
         store: store.clone(),
@@ -233,4 +249,200 @@ async fn replicas_share_the_replay_guard_and_keep_answering_without_redis() {
     }
     assert_eq!(status, StatusCode::OK);
     assert_eq!(redis.cli(&["XLEN", "t:{feedback}:stream"]).trim(), "1");
+}
+
+fn note(rule: &str, prescriber: &str) -> CardNote {
+    CardNote {
+        rule: rule.into(),
+        patient: "0123456789abcdef0123456789abcdef".into(),
+        prescriber: Some(prescriber.into()),
+        mark: RiskMark {
+            level: 1,
+            signals: ["drug:6470".to_string()].into_iter().collect(),
+            dose: Some(10.0),
+            with_opioid: false,
+            naloxone_missing: false,
+            opioid_ordered: false,
+        },
+    }
+}
+
+/// The same operations on every backend: shown cards noted and counted once, feedback stored
+/// and counted once, snoozes of both kinds, run-ahead entries.
+async fn contract(store: &dyn Store) {
+    let a = note("off-ramp", "Practitioner/p1");
+    let b = note("co-prescription", "Practitioner/p2");
+    let cards = [("card-a".to_string(), a.clone()), ("card-b".to_string(), b)];
+    store
+        .note_cards(&cards, Duration::from_secs(DAY))
+        .await
+        .expect("note");
+    // A retried call (or run-ahead served at sign) shows the same cards: not counted again.
+    store
+        .note_cards(&cards[..1], Duration::from_secs(DAY))
+        .await
+        .expect("note again");
+    assert_eq!(store.card_note("card-a").await.expect("read"), Some(a));
+    assert_eq!(store.card_note("card-zzz").await.expect("read"), None);
+
+    let fb = feedback("card-a", "overridden", "2026-11-23T10:00:00Z");
+    let items = [item(&fb)];
+    let first = store.put_feedback("svc", &items).await.expect("put");
+    let again = store.put_feedback("svc", &items).await.expect("retry");
+    assert_eq!((first.new, again.duplicates), (1, 1));
+
+    let stats = summarise(&store.counts().await.expect("counts"));
+    let off = &stats.rules["off-ramp"];
+    assert_eq!(
+        (off.tally.shown, off.tally.accepted, off.tally.overridden),
+        (1, 0, 1)
+    );
+    let reason = "http://offramp.health/fhir/CodeSystem/override-reason|patient-declines";
+    assert_eq!(off.override_reasons.get(reason), Some(&1));
+    assert_eq!(stats.rules["co-prescription"].tally.shown, 1);
+    let p1 = stats
+        .prescribers
+        .iter()
+        .find(|p| p.prescriber == "Practitioner/p1")
+        .expect("p1");
+    assert_eq!((p1.tally.shown, p1.tally.overridden), (1, 1));
+    assert_eq!(
+        stats.prescribers[0].prescriber, "Practitioner/p1",
+        "most overrides first"
+    );
+
+    // Snoozes: one of each kind per rule and patient; a new one replaces its kind.
+    let patient = "fedcba9876543210fedcba9876543210";
+    let snooze = |kind, until| Snooze {
+        kind,
+        mark: note("off-ramp", "x").mark,
+        until,
+    };
+    for (kind, until) in [
+        (SnoozeKind::Answered, 100),
+        (SnoozeKind::Answered, 200),
+        (SnoozeKind::Overridden, 300),
+    ] {
+        store
+            .put_snooze(
+                patient,
+                "off-ramp",
+                &snooze(kind, until),
+                Duration::from_secs(DAY),
+            )
+            .await
+            .expect("snooze");
+    }
+    let found = store
+        .snoozes(patient, &["co-prescription", "off-ramp"])
+        .await
+        .expect("snoozes");
+    assert_eq!(found.len(), 2);
+    assert!(found[0].is_empty());
+    let mut untils: Vec<i64> = found[1].iter().map(|s| s.until).collect();
+    untils.sort();
+    assert_eq!(untils, vec![200, 300]);
+    assert!(
+        store
+            .snoozes("another-patient", &["off-ramp"])
+            .await
+            .expect("snoozes")[0]
+            .is_empty()
+    );
+
+    // Run-ahead entries are opaque bytes (sealed by the caller).
+    let entry = [0u8, 1, 2, 255, b'{'];
+    store
+        .put_run_ahead("p:digest", &entry, Duration::from_secs(60))
+        .await
+        .expect("run-ahead");
+    assert_eq!(
+        store.run_ahead("p:digest").await.expect("read").as_deref(),
+        Some(&entry[..])
+    );
+    assert_eq!(store.run_ahead("p:other").await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn the_memory_store_keeps_the_contract_and_its_expiries() {
+    let store = MemoryStore::new(Duration::from_secs(DAY));
+    contract(&store).await;
+    let s = Snooze {
+        kind: SnoozeKind::Answered,
+        mark: note("on-ramp", "x").mark,
+        until: 1,
+    };
+    store
+        .put_snooze("p", "on-ramp", &s, Duration::from_millis(30))
+        .await
+        .expect("snooze");
+    store
+        .put_run_ahead("k", b"x", Duration::from_millis(30))
+        .await
+        .expect("run-ahead");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(store.snoozes("p", &["on-ramp"]).await.expect("read")[0].is_empty());
+    assert_eq!(store.run_ahead("k").await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn redis_keeps_the_contract_with_its_expiries() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&settings(&redis), Duration::from_secs(DAY)).expect("store");
+    contract(&store).await;
+    let ttl_of = |pattern: &str| {
+        let keys = redis.cli(&["KEYS", pattern]);
+        let key = keys.lines().next().expect(pattern).trim().to_string();
+        ttl(&redis, &key)
+    };
+    assert!((DAY as i64 - 5..=DAY as i64).contains(&ttl_of("t:{feedback}:card:*")));
+    assert!((DAY as i64 - 5..=DAY as i64).contains(&ttl_of("t:snooze:*:off-ramp:overridden")));
+    assert!((55..=60).contains(&ttl_of("t:runahead:*")));
+    assert_eq!(ttl(&redis, "t:{feedback}:counts"), -1, "counts are kept");
+}
+
+#[tokio::test]
+async fn a_redis_cluster_keeps_the_contract_across_nodes() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(
+        &RedisSettings {
+            cluster_nodes: cluster.urls(),
+            key_prefix: "c:".into(),
+            // A new cluster's first connections can be slow on a busy machine.
+            response_timeout_ms: 1000,
+            ..RedisSettings::default()
+        },
+        Duration::from_secs(DAY),
+    )
+    .expect("store");
+    // The first commands may race the background connection.
+    let t = Instant::now();
+    while store.health().await != StoreHealth::Ok && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    contract(&store).await;
+    // Many patients: their snoozes spread over the nodes, and each patient's MGET still works.
+    let mark = note("off-ramp", "x").mark;
+    for i in 0..30 {
+        let patient = format!("{i:032x}");
+        let s = Snooze {
+            kind: SnoozeKind::Overridden,
+            mark: mark.clone(),
+            until: i,
+        };
+        store
+            .put_snooze(&patient, "off-ramp", &s, Duration::from_secs(60))
+            .await
+            .expect("snooze");
+        let got = store
+            .snoozes(&patient, &["off-ramp", "on-ramp"])
+            .await
+            .expect("mget in one slot");
+        assert_eq!(got[0].first().map(|s| s.until), Some(i));
+    }
+    assert_eq!(cluster.nodes_with_keys(), 3, "keys on every node");
+    let entries = cluster.cli(&["XLEN", "c:{feedback}:stream"]);
+    assert_eq!(entries.trim(), "1");
+    let keys = cluster.keys();
+    assert!(keys.iter().all(|k| k.starts_with("c:")), "{keys:?}");
 }

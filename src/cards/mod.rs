@@ -104,14 +104,25 @@ fn create(description: &str, resource: Value) -> Action {
 
 /// Renders the findings, in order, as cards.
 pub fn render(input: &RenderInput<'_>, ev: &Evaluation) -> Vec<Card> {
+    render_indexed(input, ev)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// As [`render`], each card with the index of the finding it shows.
+pub fn render_indexed(input: &RenderInput<'_>, ev: &Evaluation) -> Vec<(usize, Card)> {
     ev.findings
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| match f {
-            Finding::OnRamp(x) => Some(on_ramp(input, x, i)),
-            Finding::OffRamp(x) => off_ramp(input, x, i),
-            Finding::CoPrescription(x) => Some(co_prescription(input, x, i, ev)),
-            Finding::OpioidGabapentinoid(x) => Some(gabapentinoid(input, x, i)),
+        .filter_map(|(i, f)| {
+            let card = match f {
+                Finding::OnRamp(x) => Some(on_ramp(input, x, i)),
+                Finding::OffRamp(x) => off_ramp(input, x, i),
+                Finding::CoPrescription(x) => Some(co_prescription(input, x, i, ev)),
+                Finding::OpioidGabapentinoid(x) => Some(gabapentinoid(input, x, i)),
+            };
+            card.map(|c| (i, c))
         })
         .collect()
 }

@@ -2,8 +2,10 @@
 //! FHIR fetch), evaluate the rules, plan, render. `offramp evaluate` and the server call
 //! the same function, so they cannot disagree.
 
+pub mod answers;
+
 use crate::cards::{
-    RenderInput, render, resources::Origin, resources::TAG_GENERATED, resources::TAG_SYSTEM,
+    RenderInput, render_indexed, resources::Origin, resources::TAG_GENERATED, resources::TAG_SYSTEM,
 };
 use crate::clinical::fhir_read::{one_or_many, str_field};
 use crate::clinical::history::{read_history, resources};
@@ -14,6 +16,7 @@ use crate::protocol::{
     CdsRequest, CdsResponse, Discovery, OrderContext, PrefetchState, ServiceDescriptor as Service,
     prefetch_state,
 };
+use crate::rules::quiet::{RiskMark, mark};
 use crate::rules::{Completeness, Draft, Evaluation, RuleInput, evaluate};
 use chrono::NaiveDate;
 use serde_json::Value;
@@ -41,11 +44,20 @@ pub enum HookError {
     DataUnavailable,
 }
 
+/// The rule a card shows and its risk, for snoozes and counts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Shown {
+    pub rule: String,
+    pub mark: RiskMark,
+}
+
 /// What one evaluation produced, for the response and for logs and metrics.
 pub struct Outcome {
     pub response: CdsResponse,
     /// The printable calendar of the first taper plan, when a card links to it.
     pub calendar_html: Option<String>,
+    /// What each card in `response` is about, in the same order.
+    pub shown: Vec<Shown>,
     pub evaluation: Evaluation,
     pub history_records: usize,
     pub skipped_resources: usize,
@@ -265,7 +277,7 @@ pub fn evaluate_request_with(
         user,
         completeness,
     });
-    let cards = render(
+    let indexed = render_indexed(
         &RenderInput {
             kb,
             origin: Origin {
@@ -279,6 +291,16 @@ pub fn evaluate_request_with(
         },
         &evaluation,
     );
+    let mut cards = Vec::with_capacity(indexed.len());
+    let mut shown = Vec::with_capacity(indexed.len());
+    for (i, card) in indexed {
+        let f = &evaluation.findings[i];
+        shown.push(Shown {
+            rule: f.rule().to_string(),
+            mark: mark(kb, f, &drafts),
+        });
+        cards.push(card);
+    }
     let calendar_html = calendar_url.and_then(|_| {
         evaluation.findings.iter().find_map(|f| match f {
             crate::rules::Finding::OffRamp(o) => {
@@ -294,10 +316,54 @@ pub fn evaluate_request_with(
             system_actions: vec![],
         },
         calendar_html,
+        shown,
         evaluation,
         history_records: history.records.len(),
         skipped_resources: history.skipped,
     })
+}
+
+/// The identity of a request's orders for run-ahead: a digest of every draft's content, so an
+/// order-sign for the same unchanged drafts finds what order-select computed. None at
+/// order-select when some drafts are not selected (order-sign would judge them too, so the
+/// result could differ).
+pub fn drafts_digest(
+    catalogue: &Discovery,
+    service_id: &str,
+    req: &CdsRequest,
+) -> Result<Option<String>, HookError> {
+    let (service, ctx) = service_and_context(catalogue, service_id, req)?;
+    let drafts: Vec<&Value> = ctx.draft_orders.as_ref().map(resources).unwrap_or_default();
+    if drafts.is_empty() {
+        return Ok(None);
+    }
+    if service.hook == "order-select"
+        && let Some(sel) = ctx.selections.as_deref()
+    {
+        let all_selected = drafts.iter().all(|d| {
+            let reference = match (str_field(d, "resourceType"), str_field(d, "id")) {
+                (Some(t), Some(id)) => format!("{t}/{id}"),
+                _ => return false,
+            };
+            sel.contains(&reference)
+        });
+        if !all_selected {
+            return Ok(None);
+        }
+    }
+    // serde_json keeps object keys sorted, so equal content serialises equally; the order of
+    // the drafts does not matter.
+    let mut texts: Vec<String> = drafts.iter().map(|d| d.to_string()).collect();
+    texts.sort();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for t in &texts {
+        ctx.update(t.as_bytes());
+        ctx.update(&[0]);
+    }
+    let d = ctx.finish();
+    Ok(Some(
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+    ))
 }
 
 /// Names the field without echoing the parser's text or the body.

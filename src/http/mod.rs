@@ -3,8 +3,9 @@
 
 use crate::auth::{Principal, Verifier, WWW_AUTHENTICATE};
 use crate::clinical::Knowledge;
-use crate::hooks::{EvalOptions, HookError, evaluate_request_with, needs_record};
-use crate::protocol::{CdsRequest, Discovery, FeedbackRequest};
+use crate::hooks::answers::{Answers, ShownCards};
+use crate::hooks::{EvalOptions, HookError, drafts_digest, evaluate_request_with, needs_record};
+use crate::protocol::{CdsRequest, CdsResponse, Discovery, FeedbackRequest};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -31,6 +32,22 @@ pub struct AppState {
     pub fixed_today: Option<chrono::NaiveDate>,
     /// Fetches what the EHR did not prefetch.
     pub fhir: crate::fhir::FhirClient,
+    /// Snooze, run-ahead and card-log periods.
+    pub store_settings: crate::store::StoreSettings,
+    /// Hashes patient ids in store keys.
+    pub hasher: crate::store::PatientHasher,
+    /// SHA-256 of the admin bearer token; None turns /admin off.
+    pub admin_token: Option<Vec<u8>>,
+}
+
+impl AppState {
+    fn answers(&self) -> Answers<'_> {
+        Answers {
+            store: self.store.as_ref(),
+            settings: &self.store_settings,
+            hasher: &self.hasher,
+        }
+    }
 }
 
 /// A calendar page stays reachable this long after the card that links to it.
@@ -165,6 +182,7 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/admin/stats", get(admin_stats))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
@@ -209,8 +227,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             .description(Some("The CDS client's JWT (CDS Hooks 2.0): asymmetric, from a trusted issuer, aud = this endpoint's URL."))
             .build(),
     );
+    let admin = utoipa::openapi::security::SecurityScheme::Http(
+        utoipa::openapi::security::HttpBuilder::new()
+            .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
+            .description(Some(
+                "The operators' token (admin.token in the configuration).",
+            ))
+            .build(),
+    );
     if let Some(c) = doc.components.as_mut() {
         c.add_security_scheme("cds_client_jwt", scheme);
+        c.add_security_scheme("admin_token", admin);
     }
     doc
 }
@@ -221,7 +248,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         title = "offramp",
         description = "CDS Hooks service: benzodiazepine on-ramp / off-ramp plans and opioid + benzodiazepine overdose-risk cards."
     ),
-    paths(discovery, hook, feedback, healthz, ready, calendar, metrics_text),
+    paths(
+        discovery,
+        hook,
+        feedback,
+        healthz,
+        ready,
+        calendar,
+        metrics_text,
+        admin_stats
+    ),
     components(schemas(ErrorBody))
 )]
 struct ApiDoc;
@@ -482,42 +518,95 @@ async fn hook(
     let today = s
         .fixed_today
         .unwrap_or_else(|| chrono::Local::now().date_naive());
-    // Orders the rules never look at cost no FHIR request.
-    let report = if needs_record(&s.kb, &s.catalogue, &id, &req)?
-        && let Some(service) = s.catalogue.service(&id)
-    {
-        let r = s.fhir.gather(&service.prefetch, &mut req).await;
-        record_fetch(&id, &r);
+    let answers = s.answers();
+    let patient_id = context_str(&req, "patientId")
+        .unwrap_or_default()
+        .to_string();
+    let patient = answers.patient(&patient_id);
+    let prescriber = context_str(&req, "userId")
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
+    let needs = needs_record(&s.kb, &s.catalogue, &id, &req)?;
+    // Run-ahead: order-select keeps its result, order-sign of the same drafts reuses it.
+    let run_ahead = if needs && s.store_settings.run_ahead_seconds > 0 {
+        drafts_digest(&s.catalogue, &id, &req)?.map(|d| format!("{patient}:{d}"))
+    } else {
+        None
+    };
+    let reused = match (&run_ahead, req.hook.as_str()) {
+        (Some(key), "order-sign") => answers.run_ahead(&patient_id, key).await,
+        _ => None,
+    };
+    let reused_run_ahead = reused.is_some();
+    let mut shown = match reused {
+        Some(r) => r,
+        None => {
+            let fresh = evaluate_fresh(&s, &id, &mut req, &headers, needs, today).await?;
+            if let (Some(key), "order-select") = (&run_ahead, req.hook.as_str()) {
+                answers.keep_run_ahead(&patient_id, key, &fresh).await;
+            }
+            fresh
+        }
+    };
+    let quiet = answers.drop_quiet(&patient, &mut shown, now()).await;
+    answers
+        .note_shown(&patient, prescriber.as_deref(), &shown)
+        .await;
+    let rules: Vec<&str> = shown.shown.iter().map(|x| x.rule.as_str()).collect();
+    tracing::info!(service = %id, hook = %req.hook, cards = shown.cards.len(), rules = ?rules,
+        quiet, run_ahead = reused_run_ahead, "evaluated");
+    Ok(Json(CdsResponse {
+        cards: shown.cards,
+        system_actions: vec![],
+    })
+    .into_response())
+}
+
+fn context_str<'r>(req: &'r CdsRequest, field: &str) -> Option<&'r str> {
+    req.context.get(field).and_then(serde_json::Value::as_str)
+}
+
+/// Gathers the record (orders the rules never look at cost no FHIR request), evaluates, and
+/// stores the printable calendar.
+async fn evaluate_fresh(
+    s: &AppState,
+    id: &str,
+    req: &mut CdsRequest,
+    headers: &HeaderMap,
+    needs: bool,
+    today: chrono::NaiveDate,
+) -> Result<ShownCards, ApiError> {
+    let report = if needs && let Some(service) = s.catalogue.service(id) {
+        let r = s.fhir.gather(&service.prefetch, req).await;
+        record_fetch(id, &r);
         Some(r)
     } else {
         None
     };
     let partial = report.as_ref().map(crate::fhir::Report::partial);
     let calendar_id = uuid::Uuid::new_v4().to_string();
-    let calendar_url = base_url(&s, &headers).map(|b| format!("{b}/calendar/{calendar_id}"));
+    let calendar_url = base_url(s, headers).map(|b| format!("{b}/calendar/{calendar_id}"));
     let out = evaluate_request_with(
         &s.kb,
         &s.catalogue,
-        &id,
-        &req,
+        id,
+        req,
         today,
         EvalOptions {
             calendar_url: calendar_url.as_deref(),
             partial: partial.as_ref(),
         },
     )?;
-    if let Some(html) = &out.calendar_html
-        && let Err(e) = s
-            .store
-            .put_calendar(&calendar_id, Arc::new(html.clone()))
-            .await
+    if let Some(html) = out.calendar_html
+        && let Err(e) = s.store.put_calendar(&calendar_id, Arc::new(html)).await
     {
         // The cards are still right; only the printable page is missing.
         tracing::warn!(error = %e, "calendar not stored");
     }
-    let rules: Vec<&str> = out.evaluation.findings.iter().map(|f| f.rule()).collect();
-    tracing::info!(service = %id, hook = %req.hook, cards = out.response.cards.len(), rules = ?rules, "evaluated");
-    Ok(Json(out.response).into_response())
+    Ok(ShownCards {
+        cards: out.response.cards,
+        shown: out.shown,
+    })
 }
 
 /// Logs and counts how each piece of the record was had; never the URL (it holds the patient id)
@@ -565,16 +654,67 @@ async fn feedback(
     let fb: FeedbackRequest = parse(&body)?;
     let n = fb.feedback.len();
     // Acknowledged only once stored; otherwise 503 so the EHR retries.
-    let stored = s.store.put_feedback(&id, &fb.feedback).await.map_err(|e| {
-        tracing::warn!(error = %e, "feedback not stored");
+    let answers = s.answers();
+    let stored = answers
+        .record_feedback(&id, &fb.feedback, now())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "feedback not stored");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "feedback could not be stored; retry",
+            )
+        })?;
+    tracing::info!(service = %id, items = n, new = stored.new, duplicates = stored.duplicates, "feedback stored");
+    Ok(Json(json!({})).into_response())
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+#[utoipa::path(get, path = "/admin/stats",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Cards shown, accepted and overridden per rule and per prescriber, across replicas", body = crate::store::stats::Stats),
+        (status = 401, description = "Missing or wrong admin token"),
+        (status = 404, description = "No admin token configured: admin endpoints are off", body = ErrorBody),
+        (status = 503, description = "The store cannot be read now", body = ErrorBody),
+    ))]
+async fn admin_stats(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &s.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Digests compared in constant time: neither the token nor its length leaks by timing.
+    let ok = given.is_some_and(|g| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&sha256(g.as_bytes()), expected).is_ok()
+    });
+    if !ok {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", ""));
+    }
+    let counts = s.store.counts().await.map_err(|e| {
+        tracing::warn!(error = %e, "counts unreadable");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
-            "feedback could not be stored; retry",
+            "the store cannot be read now; retry",
         )
     })?;
-    tracing::info!(service = %id, items = n, new = stored.new, duplicates = stored.duplicates, "feedback stored");
-    Ok(Json(json!({})).into_response())
+    Ok(Json(crate::store::stats::summarise(&counts)).into_response())
 }
 
 /// Builds the state from a validated configuration: knowledge tables, catalogue, issuers.
@@ -587,6 +727,15 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         .await
         .map_err(|e| e.to_string())?;
     let fhir = crate::fhir::FhirClient::new(&config.fhir)?;
+    let secret = &config.store.patient_key.0;
+    // With memory, snoozes die with the process, so a random key loses nothing.
+    let hasher = if secret.is_empty() {
+        crate::store::PatientHasher::random()?
+    } else {
+        crate::store::PatientHasher::new(secret.as_bytes())
+    };
+    let admin = &config.admin.token.0;
+    let admin_token = (!admin.is_empty()).then(|| sha256(admin.as_bytes()));
     metrics_handle();
     Ok(AppState {
         kb,
@@ -596,6 +745,9 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         store,
         fixed_today: None,
         fhir,
+        store_settings: config.store.clone(),
+        hasher,
+        admin_token,
     })
 }
 

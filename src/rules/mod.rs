@@ -2,6 +2,8 @@
 //! them. Pure: no I/O, no clock. One finding per rule per request, whatever the number of drafts,
 //! so several drafts give one coherent set of cards.
 
+pub mod quiet;
+
 use crate::clinical::exposure::{Exposure, ExposureParams, Rate, TrackKey, exposure};
 use crate::clinical::knowledge::{Knowledge, Medication};
 use crate::clinical::patient::{PatientFacts, groups_of};

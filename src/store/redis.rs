@@ -4,10 +4,15 @@
 //! connection manager reconnects by itself when it returns.
 
 use super::breaker::Breaker;
-use super::{Store, StoreError, StoreHealth, Stored, feedback_id};
+use super::{
+    CardNote, Counts, FeedbackItem, Store, StoreError, StoreHealth, Stored, feedback_fields,
+    feedback_id, shown_fields, snooze_key,
+};
 use crate::auth::replay::{MemoryReplayGuard, ReplayGuard};
-use crate::protocol::Feedback;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::rules::quiet::{Snooze, SnoozeKind};
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +23,8 @@ use std::time::Duration;
 pub struct RedisSettings {
     /// redis://[user:password@]host:port/db, or rediss:// for TLS.
     pub url: String,
+    /// Redis Cluster seed nodes (redis:// URLs); when set, `url` is not used.
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key, so several deployments can share one Redis.
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
@@ -36,6 +43,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             url: "redis://127.0.0.1:6379/0".into(),
+            cluster_nodes: vec![],
             key_prefix: "offramp:".into(),
             connect_timeout_ms: 250,
             response_timeout_ms: 150,
@@ -47,37 +55,113 @@ impl Default for RedisSettings {
     }
 }
 
-/// Adds a feedback item to the stream unless its id was seen; both keys share a hash tag so the
-/// script also runs on a Redis Cluster.
+/// Adds a feedback item to the stream and counts it, unless its id was seen. Every key shares
+/// the `{feedback}` hash tag so the script also runs on a Redis Cluster.
+/// KEYS: seen, stream, counts. ARGV: dedup seconds, stream max, n, n count fields, then the
+/// stream's field/value pairs.
 const PUT_FEEDBACK: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+  local n = tonumber(ARGV[3])
+  for i = 4, 3 + n do redis.call('HINCRBY', KEYS[3], ARGV[i], 1) end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4 + n))
   return 1
 end
 return 0
 ";
 
+/// Remembers shown cards and counts each the first time only.
+/// KEYS: counts, then one key per card. ARGV: seconds, then per card its note and two count
+/// fields.
+const NOTE_CARDS: &str = r"
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * 3
+  if redis.call('SET', KEYS[i], ARGV[a], 'NX', 'EX', ARGV[1]) then
+    redis.call('HINCRBY', KEYS[1], ARGV[a + 1], 1)
+    redis.call('HINCRBY', KEYS[1], ARGV[a + 2], 1)
+  end
+end
+return 1
+";
+
+/// Shown and answered counts (a hash; the `{feedback}` tag keeps it in the feedback script's
+/// slot).
+const COUNTS: &str = "{feedback}:counts";
+
+/// One Redis or a Cluster, behind the same commands.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     breaker: Breaker,
     calendar_ttl: Duration,
     settings: RedisSettings,
     put_feedback: redis::Script,
+    note_cards: redis::Script,
 }
 
 impl RedisStore {
     /// Connects lazily: a Redis that is down at start delays nothing, and is retried.
     pub fn new(settings: &RedisSettings, calendar_ttl: Duration) -> Result<RedisStore, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("store.redis.url: {e}"))?;
+        if settings.key_prefix.contains(['{', '}']) {
+            return Err("store.redis.key_prefix must not contain { or }: they would change the Cluster hash slot of every key".into());
+        }
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-            .set_response_timeout(Some(response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(settings.breaker_cooldown_ms));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("store.redis: {e}"))?;
+        let conn = if settings.cluster_nodes.is_empty() {
+            let client = redis::Client::open(settings.url.as_str())
+                .map_err(|e| format!("store.redis.url: {e}"))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(settings.breaker_cooldown_ms));
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| format!("store.redis: {e}"))?,
+            )
+        } else {
+            let client = redis::cluster::ClusterClientBuilder::new(settings.cluster_nodes.clone())
+                .retries(1)
+                .build()
+                .map_err(|e| format!("store.redis.cluster_nodes: {e}"))?;
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(connect_timeout)
+                .set_response_timeout(response_timeout);
+            // Pending: nodes are connected in the background, and again after a failure.
+            Conn::Cluster(client.get_pending_async_connection_with_config(config))
+        };
         Ok(RedisStore {
             conn,
             breaker: Breaker::new(
@@ -87,6 +171,7 @@ impl RedisStore {
             calendar_ttl,
             settings: settings.clone(),
             put_feedback: redis::Script::new(PUT_FEEDBACK),
+            note_cards: redis::Script::new(NOTE_CARDS),
         })
     }
 
@@ -94,9 +179,13 @@ impl RedisStore {
         format!("{}{parts}", self.settings.key_prefix)
     }
 
+    fn card_key(&self, uuid: &str) -> String {
+        self.key(&format!("{{feedback}}:card:{uuid}"))
+    }
+
     /// One Redis call through the breaker and a deadline. Errors name no key (keys may carry
     /// hashed identifiers; messages stay generic).
-    async fn call<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
+    async fn call<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -156,19 +245,25 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
-    async fn put_feedback(&self, service: &str, items: &[Feedback]) -> Result<Stored, StoreError> {
+    async fn put_feedback(
+        &self,
+        service: &str,
+        items: &[FeedbackItem<'_>],
+    ) -> Result<Stored, StoreError> {
         let mut stored = Stored::default();
         let stream = self.key("{feedback}:stream");
+        let counts = self.key(COUNTS);
         for item in items {
-            let id = feedback_id(service, item);
+            let fb = item.feedback;
+            let id = feedback_id(service, fb);
             let seen = self.key(&format!("{{feedback}}:seen:{id}"));
-            let (system, code) = item
+            let (system, code) = fb
                 .override_reason
                 .as_ref()
                 .and_then(|r| r.reason.as_ref())
                 .map(|c| (c.system.as_str(), c.code.as_str()))
                 .unwrap_or(("", ""));
-            let accepted: Vec<&str> = item
+            let accepted: Vec<&str> = fb
                 .accepted_suggestions
                 .iter()
                 .map(|a| a.id.as_str())
@@ -177,18 +272,26 @@ impl Store for RedisStore {
             let fields = [
                 ("id", id.as_str()),
                 ("service", service),
-                ("card", item.card.as_str()),
-                ("outcome", item.outcome.as_str()),
-                ("outcome_timestamp", item.outcome_timestamp.as_str()),
+                ("card", fb.card.as_str()),
+                ("rule", item.rule),
+                ("prescriber", item.prescriber),
+                ("outcome", fb.outcome.as_str()),
+                ("outcome_timestamp", fb.outcome_timestamp.as_str()),
                 ("override_system", system),
                 ("override_code", code),
                 ("accepted", &accepted.join(",")),
             ];
+            let count = feedback_fields(item);
             let mut inv = self.put_feedback.prepare_invoke();
             inv.key(&seen)
                 .key(&stream)
+                .key(&counts)
                 .arg(self.settings.feedback_dedup_seconds)
-                .arg(self.settings.feedback_stream_max);
+                .arg(self.settings.feedback_stream_max)
+                .arg(count.len());
+            for f in &count {
+                inv.arg(f);
+            }
             for (k, v) in fields {
                 inv.arg(k).arg(v);
             }
@@ -202,6 +305,121 @@ impl Store for RedisStore {
             }
         }
         Ok(stored)
+    }
+
+    async fn note_cards(
+        &self,
+        cards: &[(String, CardNote)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if cards.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.note_cards.prepare_invoke();
+        inv.key(self.key(COUNTS)).arg(ttl.as_secs().max(1));
+        for (uuid, note) in cards {
+            let json = serde_json::to_string(note)
+                .map_err(|e| StoreError::Unavailable(format!("card note: {e}")))?;
+            inv.key(self.card_key(uuid)).arg(json);
+            for f in shown_fields(note) {
+                inv.arg(f);
+            }
+        }
+        self.call(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn card_note(&self, uuid: &str) -> Result<Option<CardNote>, StoreError> {
+        let k = self.card_key(uuid);
+        let note: Option<String> = self
+            .call(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
+            .await?;
+        // An unreadable note (another version's format) counts as unknown, not an error.
+        Ok(note.and_then(|n| serde_json::from_str(&n).ok()))
+    }
+
+    async fn put_snooze(
+        &self,
+        patient: &str,
+        rule: &str,
+        snooze: &Snooze,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let k = self.key(&snooze_key(patient, rule, snooze.kind));
+        let json = serde_json::to_string(snooze)
+            .map_err(|e| StoreError::Unavailable(format!("snooze: {e}")))?;
+        let secs = ttl.as_secs().max(1);
+        self.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(json)
+                .arg("EX")
+                .arg(secs)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn snoozes(&self, patient: &str, rules: &[&str]) -> Result<Vec<Vec<Snooze>>, StoreError> {
+        if rules.is_empty() {
+            return Ok(vec![]);
+        }
+        // One slot per patient (hash tag), so one MGET also works on a Cluster.
+        let kinds = SnoozeKind::ALL;
+        let keys: Vec<String> = rules
+            .iter()
+            .flat_map(|r| kinds.iter().map(|k| self.key(&snooze_key(patient, r, *k))))
+            .collect();
+        let values: Vec<Option<String>> = self
+            .call(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await })
+            .await?;
+        Ok(values
+            .chunks(kinds.len())
+            .map(|per_rule| {
+                per_rule
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| serde_json::from_str(v).ok())
+                    .collect()
+            })
+            .collect())
+    }
+
+    async fn put_run_ahead(
+        &self,
+        key: &str,
+        entry: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let k = self.key(&format!("runahead:{key}"));
+        let secs = ttl.as_secs().max(1);
+        self.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(entry)
+                .arg("EX")
+                .arg(secs)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn run_ahead(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = self.key(&format!("runahead:{key}"));
+        self.call(|mut c| async move { redis::cmd("GET").arg(&k).query_async(&mut c).await })
+            .await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let k = self.key(COUNTS);
+        let mut counts: Counts = self
+            .call(|mut c| async move { redis::cmd("HGETALL").arg(&k).query_async(&mut c).await })
+            .await?;
+        counts.sort();
+        Ok(counts)
     }
 
     async fn put_calendar(&self, id: &str, html: Arc<String>) -> Result<(), StoreError> {

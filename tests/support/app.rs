@@ -43,6 +43,8 @@ pub struct Setup {
     pub fhir: FhirSettings,
     /// Memory (the default: the test reads it through `App::store`) or Redis.
     pub store: StoreSettings,
+    /// The admin bearer token; empty leaves /admin off.
+    pub admin_token: String,
 }
 
 pub async fn spawn_app_with(setup: Setup) -> App {
@@ -68,6 +70,9 @@ pub async fn spawn_app_with(setup: Setup) -> App {
         },
         fhir: setup.fhir,
         store: setup.store.clone(),
+        admin: offramp::config::AdminSettings {
+            token: offramp::store::Secret(setup.admin_token),
+        },
         knowledge_dir: None,
     };
     let mut state = build_state(&config).await.expect("state");

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod fhir;
 pub mod redis;
+pub mod redis_cluster;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};

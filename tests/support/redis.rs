@@ -1,12 +1,16 @@
 //! A redis-server of the test's own on a free port (never the shared 127.0.0.1:6379), killed
-//! and restarted at will; nothing on disk.
+//! and restarted at will; nothing on disk, unless started persistent (an append-only file in a
+//! temporary directory of its own, fsynced before each reply and replayed on restart).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// The append-only file's directory, when persistent; removed on drop.
+    dir: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -21,6 +25,21 @@ impl RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             child: None,
+            dir: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Keeps every acknowledged write across a kill -9: `appendfsync always` writes and fsyncs
+    /// the append-only file before a reply is sent, and `restart` replays it.
+    pub fn start_persistent() -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("offramp-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: Some(dir),
         };
         r.restart();
         r
@@ -30,19 +49,20 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Starts it again on the same port (empty: it keeps nothing).
+    /// Starts it again on the same port: empty, or, when persistent, with what it had
+    /// acknowledged (it answers PING only once the append-only file is loaded).
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--protected-mode", "yes"]);
+        match &self.dir {
+            None => cmd.args(["--appendonly", "no"]),
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -79,5 +99,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

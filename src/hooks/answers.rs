@@ -1,0 +1,235 @@
+//! What the clinician's answers change: feedback attributed to its card's rule and prescriber,
+//! snoozes that keep an answered rule quiet, and run-ahead (order-select's result served at
+//! order-sign). The store calls sit here, at the edge of the use case; the decisions are the
+//! pure ones in [`crate::rules::quiet`].
+//!
+//! Every store failure here fails toward showing the card: a snooze that cannot be read is no
+//! snooze, a run-ahead that cannot be read is computed again.
+
+use super::Shown;
+use crate::protocol::{Card, Feedback, Outcome as FeedbackOutcome};
+use crate::rules::quiet::{Snooze, SnoozeKind, snooze_days, stays_quiet};
+use crate::store::{
+    CardNote, FeedbackItem, PatientHasher, Store, StoreError, StoreSettings, Stored, override_code,
+};
+use std::time::Duration;
+
+const DAY: i64 = 24 * 3600;
+
+/// The store, its settings and the patient-id hasher, as the handlers use them.
+#[derive(Clone, Copy)]
+pub struct Answers<'a> {
+    pub store: &'a dyn Store,
+    pub settings: &'a StoreSettings,
+    pub hasher: &'a PatientHasher,
+}
+
+/// Cards with what each is about, in the same order; also what run-ahead keeps.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ShownCards {
+    pub cards: Vec<Card>,
+    pub shown: Vec<Shown>,
+}
+
+/// A label value from a bounded set, so a client cannot grow the metric's series.
+fn rule_label(rule: &str) -> &'static str {
+    match rule {
+        "on-ramp" => "on-ramp",
+        "off-ramp" => "off-ramp",
+        "co-prescription" => "co-prescription",
+        "opioid-gabapentinoid" => "opioid-gabapentinoid",
+        _ => "unknown",
+    }
+}
+
+/// Our own override reason codes as a label; any other system's code is "other".
+fn reason_label(item: &Feedback) -> Option<String> {
+    let c = item.override_reason.as_ref()?.reason.as_ref()?;
+    let ours = c.system == crate::cards::OVERRIDE_SYSTEM
+        && c.code.len() <= 40
+        && c.code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    Some(if ours { c.code.clone() } else { "other".into() })
+}
+
+impl Answers<'_> {
+    pub fn patient(&self, patient_id: &str) -> String {
+        self.hasher.hash(patient_id)
+    }
+
+    /// Drops the cards whose rule is quiet for the patient; how many. A store failure keeps
+    /// every card.
+    pub async fn drop_quiet(&self, patient: &str, shown: &mut ShownCards, now: i64) -> usize {
+        let before = shown.cards.len();
+        if before == 0 {
+            return 0;
+        }
+        let rules: Vec<&str> = shown.shown.iter().map(|s| s.rule.as_str()).collect();
+        let snoozes = match self.store.snoozes(patient, &rules).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "snoozes unreadable; every card shown");
+                metrics::counter!("offramp_snooze_read_errors_total").increment(1);
+                return 0;
+            }
+        };
+        let keep: Vec<bool> = snoozes
+            .iter()
+            .zip(&shown.shown)
+            .map(|(snoozes, s)| {
+                let Some(z) = snoozes.iter().find(|z| stays_quiet(&s.mark, z, now)) else {
+                    return true;
+                };
+                metrics::counter!("offramp_cards_quiet_total",
+                    "rule" => rule_label(&s.rule), "kind" => z.kind.as_str())
+                .increment(1);
+                false
+            })
+            .collect();
+        let pairs = std::mem::take(&mut shown.cards)
+            .into_iter()
+            .zip(std::mem::take(&mut shown.shown));
+        (shown.cards, shown.shown) = pairs
+            .zip(keep.into_iter().chain(std::iter::repeat(true)))
+            .filter_map(|(pair, keep)| keep.then_some(pair))
+            .unzip();
+        before - shown.cards.len()
+    }
+
+    /// Remembers the cards being shown, so their feedback can be attributed and counted.
+    pub async fn note_shown(&self, patient: &str, prescriber: Option<&str>, shown: &ShownCards) {
+        let notes: Vec<(String, CardNote)> = shown
+            .cards
+            .iter()
+            .zip(&shown.shown)
+            .map(|(c, s)| {
+                (
+                    c.uuid.clone(),
+                    CardNote {
+                        rule: s.rule.clone(),
+                        patient: patient.to_string(),
+                        prescriber: prescriber.map(str::to_string),
+                        mark: s.mark.clone(),
+                    },
+                )
+            })
+            .collect();
+        for s in &shown.shown {
+            metrics::counter!("offramp_cards_shown_total", "rule" => rule_label(&s.rule))
+                .increment(1);
+        }
+        let ttl = Duration::from_secs(u64::from(self.settings.card_log_days) * DAY as u64);
+        if let Err(e) = self.store.note_cards(&notes, ttl).await {
+            // The cards are right; their later feedback will count as "unknown" rule.
+            tracing::warn!(error = %e, "shown cards not noted");
+        }
+    }
+
+    /// Records feedback: each item attributed to its card, snoozing the rule when it was
+    /// answered. Ok only once every item is stored; any failure is the client's to retry, and
+    /// a retry repeats only idempotent steps.
+    pub async fn record_feedback(
+        &self,
+        service: &str,
+        items: &[Feedback],
+        now: i64,
+    ) -> Result<Stored, StoreError> {
+        let mut total = Stored::default();
+        for fb in items {
+            let note = self.store.card_note(&fb.card).await?;
+            // The snooze is written first: if the feedback write then fails, the retry writes
+            // the same snooze again, whereas the other order would lose it.
+            if let Some(note) = &note {
+                self.snooze(note, fb, now).await?;
+            }
+            let rule = note.as_ref().map_or("unknown", |n| n.rule.as_str());
+            let prescriber = note
+                .as_ref()
+                .and_then(|n| n.prescriber.as_deref())
+                .unwrap_or("unknown");
+            let stored = self
+                .store
+                .put_feedback(
+                    service,
+                    &[FeedbackItem {
+                        feedback: fb,
+                        rule,
+                        prescriber,
+                    }],
+                )
+                .await?;
+            if stored.new > 0 {
+                metrics::counter!("offramp_card_feedback_total", "rule" => rule_label(rule),
+                    "outcome" => fb.outcome.as_str())
+                .increment(1);
+                if let Some(reason) = reason_label(fb) {
+                    metrics::counter!("offramp_card_override_reasons_total",
+                        "rule" => rule_label(rule), "reason" => reason)
+                    .increment(1);
+                }
+            }
+            total.new += stored.new;
+            total.duplicates += stored.duplicates;
+        }
+        Ok(total)
+    }
+
+    /// Any answer quiets the rule for the rest of the session; an override with a reason also
+    /// for the snooze period.
+    async fn snooze(&self, note: &CardNote, fb: &Feedback, now: i64) -> Result<(), StoreError> {
+        let mut snoozes = vec![(
+            SnoozeKind::Answered,
+            i64::try_from(self.settings.answered_quiet_seconds).unwrap_or(DAY),
+        )];
+        if fb.outcome == FeedbackOutcome::Overridden && override_code(fb).is_some() {
+            let days = snooze_days(&note.mark, self.settings.snooze_days);
+            snoozes.push((SnoozeKind::Overridden, i64::from(days) * DAY));
+        }
+        for (kind, seconds) in snoozes.into_iter().filter(|(_, s)| *s > 0) {
+            let snooze = Snooze {
+                kind,
+                mark: note.mark.clone(),
+                until: now + seconds,
+            };
+            let ttl = Duration::from_secs(seconds.unsigned_abs());
+            self.store
+                .put_snooze(&note.patient, &note.rule, &snooze, ttl)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The order-select result for these drafts, if still kept. Unreadable means computed again.
+    pub async fn run_ahead(&self, patient_id: &str, key: &str) -> Option<ShownCards> {
+        let found = match self.store.run_ahead(key).await {
+            Ok(Some(sealed)) => self
+                .hasher
+                .open(patient_id, &sealed)
+                .and_then(|plain| serde_json::from_slice(&plain).ok()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "run-ahead unreadable; computing");
+                None
+            }
+        };
+        let result = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!("offramp_run_ahead_total", "result" => result).increment(1);
+        found
+    }
+
+    /// Keeps an order-select result, encrypted: its cards name the patient.
+    pub async fn keep_run_ahead(&self, patient_id: &str, key: &str, shown: &ShownCards) {
+        let ttl = Duration::from_secs(self.settings.run_ahead_seconds);
+        let sealed = serde_json::to_vec(shown)
+            .ok()
+            .and_then(|plain| self.hasher.seal(patient_id, &plain));
+        let stored = match sealed {
+            Some(entry) => self.store.put_run_ahead(key, &entry, ttl).await,
+            None => Err(StoreError::Unavailable("run-ahead not sealed".into())),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "run-ahead not kept");
+        }
+    }
+}
