@@ -46,8 +46,12 @@ fn redis_setup(redis: &RedisServer) -> Setup {
 
 /// A hook call; the body with a fresh hookInstance, so uuids are new unless reused.
 async fn call(app: &App, path: &str, body: &Value) -> Vec<Value> {
+    call_as(app, path, body, &uuid::Uuid::new_v4().to_string()).await
+}
+
+async fn call_as(app: &App, path: &str, body: &Value, hook_instance: &str) -> Vec<Value> {
     let mut body = body.clone();
-    body["hookInstance"] = json!(uuid::Uuid::new_v4().to_string());
+    body["hookInstance"] = json!(hook_instance);
     let r = app
         .post(path, &body.to_string(), "application/json", true)
         .await;
@@ -64,12 +68,32 @@ fn uuid_of(card: &Value) -> String {
     card["uuid"].as_str().expect("uuid").to_string()
 }
 
+const OURS: &str = "http://offramp.health/fhir/CodeSystem/override-reason";
+
 async fn answer(app: &App, service_path: &str, card: &str, outcome: &str, reason: Option<&str>) {
-    let mut item = json!({"card": card, "outcome": outcome,
-        "outcomeTimestamp": chrono::Utc::now().to_rfc3339()});
-    if let Some(code) = reason {
-        item["overrideReason"] = json!({"reason": {"code": code,
-            "system": "http://offramp.health/fhir/CodeSystem/override-reason"}});
+    let at = chrono::Utc::now().to_rfc3339();
+    answer_at(
+        app,
+        service_path,
+        card,
+        outcome,
+        reason.map(|r| (OURS, r)),
+        &at,
+    )
+    .await;
+}
+
+async fn answer_at(
+    app: &App,
+    service_path: &str,
+    card: &str,
+    outcome: &str,
+    reason: Option<(&str, &str)>,
+    at: &str,
+) {
+    let mut item = json!({"card": card, "outcome": outcome, "outcomeTimestamp": at});
+    if let Some((system, code)) = reason {
+        item["overrideReason"] = json!({"reason": {"code": code, "system": system}});
     }
     let fb = json!({"feedback": [item]}).to_string();
     let r = app
@@ -191,16 +215,12 @@ async fn admin_counts_need_the_token_and_show_rules_and_prescribers() {
     let app = spawn_app_with(setup(600)).await;
     let cards = call(&app, SIGN, &body("order-sign-opioid-with-benzo")).await;
     assert_eq!(cards.len(), 2);
-    answer(
-        &app,
-        SIGN,
-        &uuid_of(&cards[1]),
-        "overridden",
-        Some("patient-declines"),
-    )
-    .await;
-    answer(&app, SIGN, &uuid_of(&cards[0]), "accepted", None).await;
+    let at = chrono::Utc::now().to_rfc3339();
+    let reason = Some((OURS, "patient-declines"));
+    answer_at(&app, SIGN, &uuid_of(&cards[1]), "overridden", reason, &at).await;
     // A retry of the same answer is not counted twice.
+    answer_at(&app, SIGN, &uuid_of(&cards[1]), "overridden", reason, &at).await;
+    answer(&app, SIGN, &uuid_of(&cards[0]), "accepted", None).await;
     let get = |token: Option<&str>| {
         let mut r = app.client.get(format!("{}/admin/stats", app.base));
         if let Some(t) = token {
@@ -223,10 +243,7 @@ async fn admin_counts_need_the_token_and_show_rules_and_prescribers() {
         (co["shown"].as_i64(), co["overridden"].as_i64()),
         (Some(1), Some(1))
     );
-    assert_eq!(
-        co["override_reasons"]["http://offramp.health/fhir/CodeSystem/override-reason|patient-declines"],
-        json!(1)
-    );
+    assert_eq!(co["override_reasons"]["patient-declines"], json!(1));
     let off = &stats["rules"]["off-ramp"];
     assert_eq!(
         (off["shown"].as_i64(), off["accepted"].as_i64()),
@@ -265,8 +282,14 @@ fn dump(redis: &RedisServer) -> String {
 #[tokio::test]
 async fn with_redis_replicas_share_snoozes_and_nothing_stored_names_the_patient() {
     let mut redis = RedisServer::start();
-    let a = spawn_app_with(redis_setup(&redis)).await;
-    let b = spawn_app_with(redis_setup(&redis)).await;
+    // No session quiet: the override's snooze alone must be shared.
+    let setup = || {
+        let mut s = redis_setup(&redis);
+        s.store.answered_quiet_seconds = 0;
+        s
+    };
+    let a = spawn_app_with(setup()).await;
+    let b = spawn_app_with(setup()).await;
     let patient = "patient-7f3e9c-raw-id";
     let select = with_patient(body("order-select-long-term-alprazolam"), patient, None);
     let cards = call(&a, SELECT, &select).await;
@@ -301,4 +324,84 @@ async fn with_redis_replicas_share_snoozes_and_nothing_stored_names_the_patient(
     redis.kill();
     let cards = call(&a, SIGN, &sign).await;
     assert_eq!(cards.len(), 1, "fails toward showing the card");
+}
+
+#[tokio::test]
+async fn only_a_complete_order_select_is_reused_at_order_sign() {
+    let app = spawn_app_with(setup(0)).await;
+    let full = body("order-select-long-term-alprazolam");
+    let mut partial = full.clone();
+    partial["prefetch"]["conditions"] = Value::Null;
+    assert!(
+        call(&app, SELECT, &partial).await.is_empty(),
+        "conditions unknown: quiet"
+    );
+    let mut sign = full.clone();
+    sign["hook"] = json!("order-sign");
+    assert_eq!(
+        call(&app, SIGN, &sign).await.len(),
+        1,
+        "the incomplete select result was not reused"
+    );
+}
+
+#[tokio::test]
+async fn cards_of_two_patients_never_share_a_uuid_and_answers_stay_with_their_patient() {
+    let app = spawn_app_with(setup(0)).await;
+    let a = body("order-sign-new-benzo-start");
+    let b = with_patient(a.clone(), "pt-2", None);
+    // An EHR that reuses a hookInstance.
+    let instance = uuid::Uuid::new_v4().to_string();
+    let card_a = call_as(&app, SIGN, &a, &instance).await;
+    let card_b = call_as(&app, SIGN, &b, &instance).await;
+    assert_ne!(uuid_of(&card_a[0]), uuid_of(&card_b[0]));
+    answer(
+        &app,
+        SIGN,
+        &uuid_of(&card_b[0]),
+        "overridden",
+        Some("short-course"),
+    )
+    .await;
+    assert!(call(&app, SIGN, &b).await.is_empty());
+    assert_eq!(
+        call(&app, SIGN, &a).await.len(),
+        1,
+        "A is not snoozed by B's answer"
+    );
+}
+
+#[tokio::test]
+async fn a_naloxone_prompt_another_systems_reason_and_another_clinician_are_not_silenced() {
+    let app = spawn_app_with(setup(0)).await;
+    // Opioid + gabapentinoid always offers naloxone: an override does not snooze it.
+    let gaba = body("order-sign-gabapentinoid-older");
+    let cards = call(&app, SIGN, &gaba).await;
+    assert_eq!(cards.len(), 1);
+    answer(
+        &app,
+        SIGN,
+        &uuid_of(&cards[0]),
+        "overridden",
+        Some("benefit-documented"),
+    )
+    .await;
+    assert_eq!(call(&app, SIGN, &gaba).await.len(), 1);
+
+    // A reason the card did not offer (another code system) does not snooze.
+    let start = body("order-sign-new-benzo-start");
+    let cards = call(&app, SIGN, &start).await;
+    let at = chrono::Utc::now().to_rfc3339();
+    let foreign = Some(("http://ehr.example.org/reasons", "short-course"));
+    answer_at(&app, SIGN, &uuid_of(&cards[0]), "overridden", foreign, &at).await;
+    assert_eq!(call(&app, SIGN, &start).await.len(), 1);
+
+    // The session quiet is the answering clinician's: a colleague still sees the card.
+    let session = spawn_app_with(setup(600)).await;
+    let cards = call(&session, SIGN, &start).await;
+    answer(&session, SIGN, &uuid_of(&cards[0]), "accepted", None).await;
+    assert!(call(&session, SIGN, &start).await.is_empty());
+    let mut colleague = start.clone();
+    colleague["context"]["userId"] = json!("Practitioner/dr-other");
+    assert_eq!(call(&session, SIGN, &colleague).await.len(), 1);
 }

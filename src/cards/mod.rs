@@ -18,6 +18,15 @@ use serde_json::Value;
 use std::fmt::Write;
 
 pub const OVERRIDE_SYSTEM: &str = "http://offramp.health/fhir/CodeSystem/override-reason";
+/// Every override reason code a card offers (in OVERRIDE_SYSTEM).
+pub const OVERRIDE_CODES: [&str; 6] = [
+    "short-course",
+    "legitimate-use",
+    "benefit-documented",
+    "already-tapering",
+    "palliative",
+    "patient-declines",
+];
 
 /// Guideline citations shown as each card's source.
 struct Cite {
@@ -46,7 +55,11 @@ fn source(c: &Cite) -> Source {
     }
 }
 
-fn reason(code: &str, display: &str) -> Coding {
+fn reason(code: &'static str, display: &str) -> Coding {
+    debug_assert!(
+        OVERRIDE_CODES.contains(&code),
+        "{code} not in OVERRIDE_CODES"
+    );
     Coding {
         system: OVERRIDE_SYSTEM.into(),
         code: code.into(),
@@ -69,7 +82,10 @@ pub struct RenderInput<'a> {
 fn uuid(input: &RenderInput<'_>, name: &str) -> String {
     // A fixed namespace for offramp's name-based ids.
     const NS: uuid::Uuid = uuid::Uuid::from_u128(0x6f66_6672_616d_7000_8000_0000_0000_0001);
-    uuid::Uuid::new_v5(&NS, format!("{}/{name}", input.hook_instance).as_bytes()).to_string()
+    // The patient too: an EHR that reuses a hookInstance must not give two patients' cards one
+    // uuid (feedback on one would be attributed to the other).
+    let seed = format!("{}/{}/{name}", input.hook_instance, input.origin.patient_id);
+    uuid::Uuid::new_v5(&NS, seed.as_bytes()).to_string()
 }
 
 fn name(kb: &Knowledge, r: RxCui) -> String {

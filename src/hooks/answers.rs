@@ -8,9 +8,9 @@
 
 use super::Shown;
 use crate::protocol::{Card, Feedback, Outcome as FeedbackOutcome};
-use crate::rules::quiet::{Snooze, SnoozeKind, snooze_days, stays_quiet};
+use crate::rules::quiet::{RiskMark, Snooze, SnoozeKind, snooze_days, stays_quiet};
 use crate::store::{
-    CardNote, FeedbackItem, PatientHasher, Store, StoreError, StoreSettings, Stored, override_code,
+    CardNote, FeedbackItem, PatientHasher, Store, StoreError, StoreSettings, Stored, offered_reason,
 };
 use std::time::Duration;
 
@@ -42,25 +42,44 @@ fn rule_label(rule: &str) -> &'static str {
     }
 }
 
-/// Our own override reason codes as a label; any other system's code is "other".
-fn reason_label(item: &Feedback) -> Option<String> {
-    let c = item.override_reason.as_ref()?.reason.as_ref()?;
-    let ours = c.system == crate::cards::OVERRIDE_SYSTEM
-        && c.code.len() <= 40
-        && c.code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    Some(if ours { c.code.clone() } else { "other".into() })
+/// When an answer was given: the client's outcomeTimestamp, never later than now (so a retry
+/// writes the same snooze instead of extending it).
+fn answered_at(fb: &Feedback, now: i64) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&fb.outcome_timestamp)
+        .map(|t| t.timestamp().min(now))
+        .unwrap_or(now)
+}
+
+/// Who a patient is for the store: the id within its issuer and tenant, so two hospitals
+/// sharing a deployment never share a patient's snoozes or run-ahead.
+pub fn patient_ref(iss: &str, tenant: Option<&str>, patient_id: &str) -> String {
+    format!("{iss}\n{}\n{patient_id}", tenant.unwrap_or(""))
 }
 
 impl Answers<'_> {
-    pub fn patient(&self, patient_id: &str) -> String {
-        self.hasher.hash(patient_id)
+    pub fn patient(&self, patient_ref: &str) -> String {
+        self.hasher.hash(patient_ref)
+    }
+
+    /// The mark as stored: its signals (risk factors such as pregnancy or a substance use
+    /// disorder, and drugs) keyed-hashed, so they are not readable in the store while the
+    /// subset test of escalation still works.
+    fn blind(&self, mark: &RiskMark) -> RiskMark {
+        RiskMark {
+            signals: mark.signals.iter().map(|s| self.hasher.hash(s)).collect(),
+            ..mark.clone()
+        }
     }
 
     /// Drops the cards whose rule is quiet for the patient; how many. A store failure keeps
     /// every card.
-    pub async fn drop_quiet(&self, patient: &str, shown: &mut ShownCards, now: i64) -> usize {
+    pub async fn drop_quiet(
+        &self,
+        patient: &str,
+        prescriber: Option<&str>,
+        shown: &mut ShownCards,
+        now: i64,
+    ) -> usize {
         let before = shown.cards.len();
         if before == 0 {
             return 0;
@@ -78,7 +97,11 @@ impl Answers<'_> {
             .iter()
             .zip(&shown.shown)
             .map(|(snoozes, s)| {
-                let Some(z) = snoozes.iter().find(|z| stays_quiet(&s.mark, z, now)) else {
+                let mark = self.blind(&s.mark);
+                let Some(z) = snoozes
+                    .iter()
+                    .find(|z| stays_quiet(&mark, z, now, prescriber))
+                else {
                     return true;
                 };
                 metrics::counter!("offramp_cards_quiet_total",
@@ -110,7 +133,7 @@ impl Answers<'_> {
                         rule: s.rule.clone(),
                         patient: patient.to_string(),
                         prescriber: prescriber.map(str::to_string),
-                        mark: s.mark.clone(),
+                        mark: self.blind(&s.mark),
                     },
                 )
             })
@@ -163,9 +186,9 @@ impl Answers<'_> {
                 metrics::counter!("offramp_card_feedback_total", "rule" => rule_label(rule),
                     "outcome" => fb.outcome.as_str())
                 .increment(1);
-                if let Some(reason) = reason_label(fb) {
+                if let Some(reason) = offered_reason(fb) {
                     metrics::counter!("offramp_card_override_reasons_total",
-                        "rule" => rule_label(rule), "reason" => reason)
+                        "rule" => rule_label(rule), "reason" => reason.to_string())
                     .increment(1);
                 }
             }
@@ -182,17 +205,25 @@ impl Answers<'_> {
             SnoozeKind::Answered,
             i64::try_from(self.settings.answered_quiet_seconds).unwrap_or(DAY),
         )];
-        if fb.outcome == FeedbackOutcome::Overridden && override_code(fb).is_some() {
+        // Only a reason the card offered snoozes (another system's code may mean anything).
+        let offered = offered_reason(fb).is_some_and(|r| r != "other");
+        if fb.outcome == FeedbackOutcome::Overridden && offered {
             let days = snooze_days(&note.mark, self.settings.snooze_days);
             snoozes.push((SnoozeKind::Overridden, i64::from(days) * DAY));
         }
+        let at = answered_at(fb, now);
         for (kind, seconds) in snoozes.into_iter().filter(|(_, s)| *s > 0) {
+            let until = at + seconds;
+            if until <= now {
+                continue;
+            }
             let snooze = Snooze {
                 kind,
                 mark: note.mark.clone(),
-                until: now + seconds,
+                until,
+                by: note.prescriber.clone(),
             };
-            let ttl = Duration::from_secs(seconds.unsigned_abs());
+            let ttl = Duration::from_secs((until - now).unsigned_abs());
             self.store
                 .put_snooze(&note.patient, &note.rule, &snooze, ttl)
                 .await?;

@@ -58,6 +58,8 @@ pub struct Outcome {
     pub calendar_html: Option<String>,
     /// What each card in `response` is about, in the same order.
     pub shown: Vec<Shown>,
+    /// Nothing of the record was missing or partial (a result worth reusing).
+    pub complete: bool,
     pub evaluation: Evaluation,
     pub history_records: usize,
     pub skipped_resources: usize,
@@ -317,6 +319,7 @@ pub fn evaluate_request_with(
         },
         calendar_html,
         shown,
+        complete: completeness.patient_and_conditions && completeness.history,
         evaluation,
         history_records: history.records.len(),
         skipped_resources: history.skipped,

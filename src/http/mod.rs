@@ -519,9 +519,11 @@ async fn hook(
         .fixed_today
         .unwrap_or_else(|| chrono::Local::now().date_naive());
     let answers = s.answers();
-    let patient_id = context_str(&req, "patientId")
-        .unwrap_or_default()
-        .to_string();
+    let patient_id = crate::hooks::answers::patient_ref(
+        &principal.iss,
+        principal.tenant.as_deref(),
+        context_str(&req, "patientId").unwrap_or_default(),
+    );
     let patient = answers.patient(&patient_id);
     let prescriber = context_str(&req, "userId")
         .filter(|u| !u.is_empty())
@@ -529,7 +531,10 @@ async fn hook(
     let needs = needs_record(&s.kb, &s.catalogue, &id, &req)?;
     // Run-ahead: order-select keeps its result, order-sign of the same drafts reuses it.
     let run_ahead = if needs && s.store_settings.run_ahead_seconds > 0 {
-        drafts_digest(&s.catalogue, &id, &req)?.map(|d| format!("{patient}:{d}"))
+        // The prescriber too: "different prescribers" is a risk factor of its own.
+        let user = prescriber.as_deref().unwrap_or("");
+        drafts_digest(&s.catalogue, &id, &req)?
+            .map(|d| answers.patient(&format!("{patient_id}\n{user}\n{d}")))
     } else {
         None
     };
@@ -541,14 +546,19 @@ async fn hook(
     let mut shown = match reused {
         Some(r) => r,
         None => {
-            let fresh = evaluate_fresh(&s, &id, &mut req, &headers, needs, today).await?;
-            if let (Some(key), "order-select") = (&run_ahead, req.hook.as_str()) {
+            let (fresh, complete) =
+                evaluate_fresh(&s, &id, &mut req, &headers, needs, today).await?;
+            // Only a result from the whole record is reused: one made while data was missing
+            // may lack cards a complete record gives.
+            if let (Some(key), "order-select", true) = (&run_ahead, req.hook.as_str(), complete) {
                 answers.keep_run_ahead(&patient_id, key, &fresh).await;
             }
             fresh
         }
     };
-    let quiet = answers.drop_quiet(&patient, &mut shown, now()).await;
+    let quiet = answers
+        .drop_quiet(&patient, prescriber.as_deref(), &mut shown, now())
+        .await;
     answers
         .note_shown(&patient, prescriber.as_deref(), &shown)
         .await;
@@ -575,7 +585,7 @@ async fn evaluate_fresh(
     headers: &HeaderMap,
     needs: bool,
     today: chrono::NaiveDate,
-) -> Result<ShownCards, ApiError> {
+) -> Result<(ShownCards, bool), ApiError> {
     let report = if needs && let Some(service) = s.catalogue.service(id) {
         let r = s.fhir.gather(&service.prefetch, req).await;
         record_fetch(id, &r);
@@ -603,10 +613,11 @@ async fn evaluate_fresh(
         // The cards are still right; only the printable page is missing.
         tracing::warn!(error = %e, "calendar not stored");
     }
-    Ok(ShownCards {
+    let shown = ShownCards {
         cards: out.response.cards,
         shown: out.shown,
-    })
+    };
+    Ok((shown, out.complete))
 }
 
 /// Logs and counts how each piece of the record was had; never the URL (it holds the patient id)

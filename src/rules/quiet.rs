@@ -64,6 +64,9 @@ pub struct Snooze {
     pub mark: RiskMark,
     /// Unix seconds.
     pub until: i64,
+    /// Who answered: the session quiet is theirs only; another clinician sees the card.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 fn ingredients_of(kb: &Knowledge, products: &[crate::clinical::RxCui]) -> Vec<String> {
@@ -77,14 +80,20 @@ fn ingredients_of(kb: &Knowledge, products: &[crate::clinical::RxCui]) -> Vec<St
         .collect()
 }
 
-fn reason_signal(r: &RiskReason) -> String {
+/// A risk reason as signals: its name, and for a third CNS drug each drug (another drug is
+/// another risk).
+fn reason_signals(r: &RiskReason) -> Vec<String> {
     let s = serde_json::to_value(r).ok();
     let name = s
         .as_ref()
         .and_then(|v| v.get("reason"))
         .and_then(|v| v.as_str())
         .unwrap_or("other");
-    format!("risk:{name}")
+    let mut out = vec![format!("risk:{name}")];
+    if let RiskReason::ThirdCnsDrug(drugs) = r {
+        out.extend(drugs.iter().map(|d| format!("cns:{d}")));
+    }
+    out
 }
 
 /// The mark of a finding, given the request's drafts.
@@ -133,7 +142,7 @@ pub fn mark(kb: &Knowledge, f: &Finding, drafts: &[Draft<'_>]) -> RiskMark {
                 Severity::Warning => 1,
                 Severity::Critical => 2,
             };
-            signals.extend(x.reasons.iter().map(reason_signal));
+            signals.extend(x.reasons.iter().flat_map(reason_signals));
             signals.extend(
                 x.opioids
                     .iter()
@@ -144,9 +153,17 @@ pub fn mark(kb: &Knowledge, f: &Finding, drafts: &[Draft<'_>]) -> RiskMark {
             m.with_opioid = true;
             m.naloxone_missing = !x.naloxone_on_hand;
         }
-        Finding::OpioidGabapentinoid(_) => {
+        Finding::OpioidGabapentinoid(x) => {
             signals.insert("risk:older-adult".into());
+            let products: Vec<crate::clinical::RxCui> = x
+                .drafts
+                .iter()
+                .filter_map(|i| drafts.get(*i)?.medication.map(|m| m.rxcui))
+                .collect();
+            signals.extend(ingredients_of(kb, &products));
             m.with_opioid = true;
+            // The card always offers naloxone (it does not know whether some is on hand).
+            m.naloxone_missing = true;
         }
     }
     m.signals = signals;
@@ -158,20 +175,28 @@ pub fn mark(kb: &Knowledge, f: &Finding, drafts: &[Draft<'_>]) -> RiskMark {
 pub fn escalates(now: &RiskMark, then: &RiskMark) -> bool {
     let dose_rose = match (now.dose, then.dose) {
         (Some(n), Some(t)) => n > t * (1.0 + DOSE_RISE),
-        _ => false,
+        // A dose unknown when answered cannot vouch for the one known now.
+        (Some(_), None) => true,
+        (None, _) => false,
     };
     now.level > then.level || !now.signals.is_subset(&then.signals) || dose_rose
 }
 
-/// Whether a finding with mark `now` stays quiet under `snooze` at time `now_unix`.
-pub fn stays_quiet(now: &RiskMark, snooze: &Snooze, now_unix: i64) -> bool {
-    if now_unix >= snooze.until || escalates(now, &snooze.mark) {
+/// Whether a finding with mark `now`, for `prescriber`, stays quiet under `snooze` at time
+/// `now_unix`. A missing naloxone prompt is never quiet; an opioid order ends an override's
+/// snooze (reassess at each renewal); the session quiet is the answering clinician's only.
+pub fn stays_quiet(
+    now: &RiskMark,
+    snooze: &Snooze,
+    now_unix: i64,
+    prescriber: Option<&str>,
+) -> bool {
+    if now_unix >= snooze.until || escalates(now, &snooze.mark) || now.naloxone_missing {
         return false;
     }
     match snooze.kind {
-        SnoozeKind::Answered => true,
-        // A missing naloxone prompt is never snoozed; an opioid order is a reassessment.
-        SnoozeKind::Overridden => !now.naloxone_missing && !now.opioid_ordered,
+        SnoozeKind::Answered => snooze.by.as_deref() == prescriber,
+        SnoozeKind::Overridden => !now.opioid_ordered,
     }
 }
 
@@ -205,70 +230,77 @@ mod tests {
             kind,
             mark,
             until: 1000,
+            by: Some("dr".into()),
         }
     }
+
+    const DR: Option<&str> = Some("dr");
 
     #[test]
     fn the_same_or_less_risk_stays_quiet_until_the_end() {
         let then = m(2, &["drug:1", "risk:older-adult"], Some(60.0));
         let s = snooze(SnoozeKind::Overridden, then.clone());
-        assert!(stays_quiet(&then, &s, 999));
-        assert!(stays_quiet(&m(1, &["drug:1"], Some(40.0)), &s, 10));
-        assert!(stays_quiet(&m(2, &["drug:1"], Some(66.0)), &s, 10));
-        assert!(!stays_quiet(&then, &s, 1000), "expired");
+        assert!(stays_quiet(&then, &s, 999, None));
+        assert!(stays_quiet(&m(1, &["drug:1"], Some(40.0)), &s, 10, DR));
+        assert!(stays_quiet(&m(2, &["drug:1"], Some(66.0)), &s, 10, DR));
+        assert!(!stays_quiet(&then, &s, 1000, DR), "expired");
     }
 
     #[test]
     fn escalation_ends_the_quiet() {
         let then = m(1, &["drug:1"], Some(40.0));
         let s = snooze(SnoozeKind::Answered, then);
-        assert!(!stays_quiet(&m(2, &["drug:1"], Some(40.0)), &s, 0), "level");
+        let quiet = |now: RiskMark| stays_quiet(&now, &s, 0, DR);
+        assert!(!quiet(m(2, &["drug:1"], Some(40.0))), "level");
         assert!(
-            !stays_quiet(&m(1, &["drug:1", "risk:prior-overdose"], Some(40.0)), &s, 0),
+            !quiet(m(1, &["drug:1", "risk:prior-overdose"], Some(40.0))),
             "new risk factor"
         );
+        assert!(!quiet(m(1, &["drug:2"], Some(40.0))), "new drug");
+        assert!(!quiet(m(1, &["drug:1"], Some(44.5))), "dose +11%");
+        assert!(quiet(m(1, &["drug:1"], Some(44.0))), "dose +10%");
+        assert!(quiet(m(1, &["drug:1"], None)), "dose unknown now");
+        let unknown_then = snooze(SnoozeKind::Answered, m(1, &["drug:1"], None));
         assert!(
-            !stays_quiet(&m(1, &["drug:2"], Some(40.0)), &s, 0),
-            "new drug"
+            !stays_quiet(&m(1, &["drug:1"], Some(5.0)), &unknown_then, 0, DR),
+            "dose newly known"
         );
-        assert!(
-            !stays_quiet(&m(1, &["drug:1"], Some(44.5)), &s, 0),
-            "dose +11%"
-        );
-        assert!(
-            stays_quiet(&m(1, &["drug:1"], Some(44.0)), &s, 0),
-            "dose +10%"
-        );
-        assert!(stays_quiet(&m(1, &["drug:1"], None), &s, 0), "dose unknown");
     }
 
     #[test]
-    fn naloxone_and_opioid_renewal_end_an_override_snooze_but_not_the_session() {
+    fn naloxone_is_never_quiet_and_an_opioid_order_ends_an_override() {
         let then = m(1, &["drug:1"], None);
-        let mut now = then.clone();
-        now.naloxone_missing = true;
-        assert!(!stays_quiet(
-            &now,
-            &snooze(SnoozeKind::Overridden, then.clone()),
-            0
-        ));
-        assert!(stays_quiet(
-            &now,
-            &snooze(SnoozeKind::Answered, then.clone()),
-            0
-        ));
+        let mut naloxone = then.clone();
+        naloxone.naloxone_missing = true;
+        for kind in SnoozeKind::ALL {
+            assert!(!stays_quiet(&naloxone, &snooze(kind, then.clone()), 0, DR));
+        }
         let mut renewal = then.clone();
         renewal.opioid_ordered = true;
-        assert!(!stays_quiet(
-            &renewal,
-            &snooze(SnoozeKind::Overridden, then.clone()),
-            0
-        ));
+        let overridden = snooze(SnoozeKind::Overridden, then.clone());
+        assert!(!stays_quiet(&renewal, &overridden, 0, DR));
+        assert!(stays_quiet(&then, &overridden, 0, DR));
+        // The session quiet covers the same orders being signed, opioid or not.
         assert!(stays_quiet(
             &renewal,
             &snooze(SnoozeKind::Answered, then),
-            0
+            0,
+            DR
         ));
+    }
+
+    #[test]
+    fn the_session_quiet_is_the_answering_clinicians_only() {
+        let then = m(1, &["drug:1"], None);
+        let s = snooze(SnoozeKind::Answered, then.clone());
+        assert!(stays_quiet(&then, &s, 0, DR));
+        assert!(!stays_quiet(&then, &s, 0, Some("another")));
+        assert!(!stays_quiet(&then, &s, 0, None));
+        let o = snooze(SnoozeKind::Overridden, then.clone());
+        assert!(
+            stays_quiet(&then, &o, 0, Some("another")),
+            "an override is the patient's"
+        );
     }
 
     #[test]

@@ -222,7 +222,7 @@ pub fn snooze_key(patient: &str, rule: &str, kind: SnoozeKind) -> String {
 
 /// Shared counters, as `(field, count)`. A field is `scope␟name␟event`: scope `rule` or
 /// `prescriber`, event `shown`, `accepted` or `overridden`; or `reason␟rule␟code` for override
-/// reasons.
+/// reasons ([`offered_reason`]).
 pub type Counts = Vec<(String, i64)>;
 
 const SEP: char = '\u{1f}';
@@ -253,16 +253,19 @@ pub fn feedback_fields(item: &FeedbackItem<'_>) -> Vec<String> {
         count_field("rule", item.rule, event),
         count_field("prescriber", item.prescriber, event),
     ];
-    if let Some(code) = override_code(item.feedback) {
-        f.push(count_field("reason", item.rule, &code));
+    if let Some(code) = offered_reason(item.feedback) {
+        f.push(count_field("reason", item.rule, code));
     }
     f
 }
 
-/// `system|code` of an override reason, when one was given.
-pub fn override_code(item: &Feedback) -> Option<String> {
+/// An override reason as counted: one of the codes the cards offer, or "other" (so a client
+/// cannot grow the counts or the metric series without bound); None when no reason was given.
+pub fn offered_reason(item: &Feedback) -> Option<&str> {
     let c = item.override_reason.as_ref()?.reason.as_ref()?;
-    Some(format!("{}|{}", c.system, c.code))
+    let ours = c.system == crate::cards::OVERRIDE_SYSTEM
+        && crate::cards::OVERRIDE_CODES.contains(&c.code.as_str());
+    Some(if ours { c.code.as_str() } else { "other" })
 }
 
 #[async_trait::async_trait]
@@ -361,12 +364,18 @@ impl MemoryStore {
     }
 
     fn count(&self, fields: &[String]) -> Result<(), StoreError> {
+        const MAX_FIELDS: usize = 100_000;
         let mut counts = self
             .counts
             .lock()
             .map_err(|_| StoreError::Unavailable("poisoned lock".into()))?;
         for f in fields {
-            *counts.entry(f.clone()).or_default() += 1;
+            // Bounded: past the cap only fields already counted grow.
+            if let Some(n) = counts.get_mut(f) {
+                *n += 1;
+            } else if counts.len() < MAX_FIELDS {
+                counts.insert(f.clone(), 1);
+            }
         }
         Ok(())
     }

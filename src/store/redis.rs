@@ -59,14 +59,15 @@ impl Default for RedisSettings {
 /// the `{feedback}` hash tag so the script also runs on a Redis Cluster.
 /// KEYS: seen, stream, counts. ARGV: dedup seconds, stream max, n, n count fields, then the
 /// stream's field/value pairs.
+/// The stream write comes before the seen mark: were it ever refused, a retry is not mistaken
+/// for a duplicate.
 const PUT_FEEDBACK: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  local n = tonumber(ARGV[3])
-  for i = 4, 3 + n do redis.call('HINCRBY', KEYS[3], ARGV[i], 1) end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4 + n))
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4 + n))
+for i = 4, 3 + n do redis.call('HINCRBY', KEYS[3], ARGV[i], 1) end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
 ";
 
 /// Remembers shown cards and counts each the first time only.

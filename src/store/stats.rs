@@ -27,7 +27,7 @@ impl Tally {
 pub struct RuleStats {
     #[serde(flatten)]
     pub tally: Tally,
-    /// Override reasons given, by `system|code`.
+    /// Override reasons given, by code (a code the cards do not offer counts as "other").
     pub override_reasons: BTreeMap<String, i64>,
 }
 
