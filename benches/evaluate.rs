@@ -1,6 +1,7 @@
 //! Full offline evaluation of an order-sign request (opioid draft, benzodiazepine and fentanyl in
 //! the history, COPD) with extra history records, through the same function the server calls.
-//! Run: `cargo bench --bench evaluate`.
+//! The `scaling` group is bench/run's evaluation time vs history size (it must grow about
+//! linearly). Run: `cargo bench --bench evaluate`.
 
 use chrono::NaiveDate;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -8,6 +9,10 @@ use offramp::clinical::Knowledge;
 use offramp::hooks::evaluate_request;
 use offramp::protocol::{CdsRequest, Discovery};
 use std::hint::black_box;
+
+// As in the service binary, so the times are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 use common::history;
@@ -22,8 +27,11 @@ fn bench(c: &mut Criterion) {
     );
     let base: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("example")).expect("json");
-    let mut group = c.benchmark_group("evaluate");
-    for n in [0usize, 300, 1_000] {
+    let mut group = c.benchmark_group("scaling");
+    for n in [100usize, 300, 1_000, 5_000, 20_000] {
+        if n >= 5_000 {
+            group.sample_size(10);
+        }
         let mut req = base.clone();
         // Extra history as MedicationStatements in their own prefetch Bundle.
         req["prefetch"]["medicationStatements"] = history(n, today);

@@ -16,7 +16,7 @@ fn bench(c: &mut Criterion) {
     let today = NaiveDate::from_ymd_opt(2026, 11, 23).expect("date");
     let mut group = c.benchmark_group("exposure");
     for n in [300usize, 1_000, 5_000] {
-        let bundle = history(n, today);
+        let bundle = offramp::clinical::json::Json::from(&history(n, today));
         let records = read_history(&[&bundle]).records;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(

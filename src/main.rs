@@ -8,6 +8,11 @@ use offramp::knowledge_files;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// Parsing a request allocates thousands of small JSON values, all freed together at its end;
+// glibc malloc spent a third of the request's CPU there (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "offramp",
@@ -99,7 +104,9 @@ fn main() -> ExitCode {
                 let parsed = std::fs::read_to_string(f)
                     .map_err(|e| e.to_string())
                     .and_then(|t| {
-                        serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
+                        serde_json::from_str::<offramp::clinical::json::Json<'_>>(&t)
+                            .map(offramp::clinical::json::Json::into_owned)
+                            .map_err(|e| e.to_string())
                     });
                 match parsed {
                     Ok(v) => docs.push(v),
@@ -109,7 +116,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let refs: Vec<&serde_json::Value> = docs.iter().collect();
+            let refs: Vec<&offramp::clinical::json::Json<'_>> = docs.iter().collect();
             let history = read_history(&refs);
             let today = today.unwrap_or_else(|| chrono::Local::now().date_naive());
             let params = ExposureParams::from_thresholds(kb.thresholds());

@@ -5,6 +5,7 @@
 
 use chrono::NaiveDate;
 use offramp::clinical::Knowledge;
+use offramp::clinical::json::Json;
 use offramp::hooks::{HookError, evaluate_request};
 use offramp::protocol::{ActionType, CdsRequest, CdsResponse, Discovery};
 use serde_json::{Value, json};
@@ -30,8 +31,11 @@ fn today() -> NaiveDate {
     NaiveDate::parse_from_str(TODAY, "%Y-%m-%d").expect("date")
 }
 
-fn load(path: &Path) -> CdsRequest {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("request")
+fn load(path: &Path) -> CdsRequest<'static> {
+    let text = std::fs::read_to_string(path).expect("read");
+    serde_json::from_str::<CdsRequest<'_>>(&text)
+        .expect("request")
+        .into_owned()
 }
 
 fn run(req: &CdsRequest) -> CdsResponse {
@@ -126,7 +130,7 @@ fn every_example_matches_its_expected_cards() {
     }
 }
 
-fn example(name: &str) -> CdsRequest {
+fn example(name: &str) -> CdsRequest<'static> {
     load(
         &Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("cds-hooks/examples/requests/{name}.json")),
@@ -167,12 +171,12 @@ fn no_co_prescription_card_under_each_exclusion() {
             .as_mut()
             .and_then(|p| p.get_mut("conditions"))
             .expect("conditions");
-        conditions["entry"]
-            .as_array_mut()
-            .expect("entries")
-            .push(json!({"resource": {
+        let Some(Json::Array(entries)) = conditions.get_mut("entry") else {
+            panic!("entries");
+        };
+        entries.push(Json::from(&json!({"resource": {
             "resourceType": "Condition", "clinicalStatus": {"coding": [{"code": "active"}]},
-            "code": {"coding": [{"system": system, "code": code}]}}}));
+            "code": {"coding": [{"system": system, "code": code}]}}})));
         let resp = run(&req);
         assert!(
             !resp.cards.iter().any(|c| c.source.label.contains("CDC")),
@@ -470,7 +474,7 @@ fn missing_or_partial_data_silences_what_it_could_make_wrong() {
         }
         let mut no_statements = full.clone();
         if let Some(p) = no_statements.prefetch.as_mut() {
-            p.insert("medicationStatements".into(), Value::Null);
+            p.insert("medicationStatements", Json::Null);
         }
         assert_eq!(
             rules_of(&no_statements, None),

@@ -38,7 +38,7 @@ fn run(example: &str) -> Run {
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).expect("example file");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let v: offramp::clinical::json::Json<'_> = serde_json::from_str(&text).expect("json");
     let kb = Knowledge::embedded().expect("knowledge");
     let h = read_history(&[&v]);
     let params = ExposureParams::from_thresholds(kb.thresholds());

@@ -259,7 +259,7 @@ proptest! {
             m.insert("resourceType".into(), serde_json::Value::String(t.into()));
         }
         let bundle = serde_json::json!({"resourceType": "Bundle", "entry": [{"resource": v}, {"resource": 7}]});
-        let h = offramp::clinical::history::read_history(&[&bundle]);
+        let h = offramp::clinical::history::read_history(&[&offramp::clinical::json::Json::from(&bundle)]);
         prop_assert!(h.skipped >= 1, "the numeric entry is counted as skipped");
         let _ = run(&h.records, 30);
     }

@@ -22,8 +22,8 @@ fn every_suggested_resource_parses_strictly() {
         if !name.ends_with(".json") || name.ends_with(".expected.json") {
             continue;
         }
-        let req: CdsRequest =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("request");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let req: CdsRequest<'_> = serde_json::from_str(&text).expect("request");
         let out = evaluate_request(&kb, &d, &format!("offramp-{}", req.hook), &req, today)
             .expect("evaluate");
         for card in &out.response.cards {
@@ -57,8 +57,8 @@ fn the_strict_parser_rejects_what_real_clients_send() {
     // zone) is not valid R4: the check above would catch it if a suggestion echoed it unchanged.
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("cds-hooks/examples/requests/order-sign-new-benzo-start.json");
-    let req: CdsRequest =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("request");
+    let text = std::fs::read_to_string(path).expect("read");
+    let req: CdsRequest<'_> = serde_json::from_str(&text).expect("request");
     let raw = req.context["draftOrders"]["entry"][0]["resource"].clone();
     assert!(serde_json::from_value::<Resource>(raw.clone()).is_err());
     let mut fixed = raw;

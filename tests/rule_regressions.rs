@@ -18,7 +18,7 @@ fn example(name: &str) -> Value {
 }
 
 fn run(v: &Value) -> CdsResponse {
-    let req: CdsRequest = serde_json::from_value(v.clone()).expect("request");
+    let req = CdsRequest::from_value(v).expect("request");
     let kb = Knowledge::embedded().expect("kb");
     let d = Discovery::embedded().expect("catalogue");
     let today = NaiveDate::from_ymd_opt(2026, 11, 23).expect("date");

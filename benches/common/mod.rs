@@ -21,15 +21,15 @@ pub fn history(n: usize, today: NaiveDate) -> Value {
             let dosage = json!([{"timing": {"code": {"coding": [{"code": "BID"}]}},
                 "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "tablet"}}]}]);
             let resource = match i % 3 {
-                0 => json!({"resourceType": "MedicationDispense", "id": format!("d{i}"),
+                0 => json!({"resourceType": "MedicationDispense", "id": format!("hd{i}"),
                     "status": "completed", "medicationCodeableConcept": med,
                     "whenHandedOver": start.to_string(), "daysSupply": {"value": 30, "code": "d"},
                     "quantity": {"value": 60, "unit": "tablet"}, "dosageInstruction": dosage}),
-                1 => json!({"resourceType": "MedicationRequest", "id": format!("r{i}"),
+                1 => json!({"resourceType": "MedicationRequest", "id": format!("hr{i}"),
                     "status": "active", "intent": "order", "medicationCodeableConcept": med,
                     "authoredOn": format!("{start}T10:00:00"), "dosageInstruction": dosage,
                     "dispenseRequest": {"quantity": {"value": 60, "unit": "tablet"}}}),
-                _ => json!({"resourceType": "MedicationStatement", "id": format!("s{i}"),
+                _ => json!({"resourceType": "MedicationStatement", "id": format!("hs{i}"),
                     "status": "active", "medicationCodeableConcept": med,
                     "effectivePeriod": {"start": start.to_string()},
                     "dateAsserted": (start + Days::new(20)).to_string(), "dosage": dosage}),

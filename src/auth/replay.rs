@@ -11,29 +11,61 @@ pub trait ReplayGuard: Send + Sync {
 }
 
 /// Per-process guard; memory stays bounded because entries are purged once expired and the
-/// accepted token lifetime is capped.
+/// accepted token lifetime is capped. Keys are kept as 128-bit digests (a jti can be long), and
+/// expired entries are swept at most once a second, not on every call.
 #[derive(Default)]
 pub struct MemoryReplayGuard {
-    seen: Mutex<HashMap<String, i64>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    until: HashMap<u128, i64>,
+    swept_at: i64,
+}
+
+fn digest(key: &str) -> u128 {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d.as_ref()[..16]);
+    u128::from_le_bytes(first)
 }
 
 #[async_trait::async_trait]
 impl ReplayGuard for MemoryReplayGuard {
     async fn first_use(&self, key: &str, expires_at: i64, now: i64) -> bool {
+        let key = digest(key);
         let mut seen = match self.seen.lock() {
             Ok(g) => g,
             // A panic elsewhere while holding the lock must not open the door: keep the data.
             Err(poisoned) => poisoned.into_inner(),
         };
-        if seen.len() > 1024 {
-            seen.retain(|_, exp| *exp >= now);
+        if now != seen.swept_at {
+            seen.until.retain(|_, exp| *exp >= now);
+            seen.swept_at = now;
         }
-        match seen.get(key) {
+        match seen.until.get(&key) {
             Some(exp) if *exp >= now => false,
             _ => {
-                seen.insert(key.to_string(), expires_at);
+                seen.until.insert(key, expires_at);
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn once_per_lifetime_then_forgotten() {
+        let g = MemoryReplayGuard::default();
+        assert!(g.first_use("iss|a", 100, 10).await);
+        assert!(!g.first_use("iss|a", 100, 50).await);
+        assert!(g.first_use("iss|b", 100, 50).await);
+        // Expired: swept, and the key may be used again (the token itself is refused as expired).
+        assert!(g.first_use("iss|a", 300, 101).await);
+        assert_eq!(g.seen.lock().map(|s| s.until.len()).unwrap_or(0), 1);
     }
 }

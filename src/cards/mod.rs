@@ -506,9 +506,12 @@ fn withdraw(input: &RenderInput<'_>, drafts: &[usize], key: &str) -> Vec<Suggest
             let (Some(reference), raw) = input.drafts.get(*di)? else {
                 return None;
             };
-            let med = crate::clinical::record::read_record(raw, &Default::default())
-                .ok()
-                .and_then(|r| crate::clinical::record::resolve(input.kb, &r.medication))?;
+            let med = crate::clinical::record::read_record(
+                &crate::clinical::json::Json::from(raw),
+                &Default::default(),
+            )
+            .ok()
+            .and_then(|r| crate::clinical::record::resolve(input.kb, &r.medication))?;
             if med.class == DrugClass::OudTreatment {
                 return None;
             }

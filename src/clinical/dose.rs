@@ -3,8 +3,8 @@
 //! with maxDosePerPeriod, and doses in tablets, mL, mg or mcg. What cannot be understood is None.
 
 use super::fhir_read::{num, one_or_many, str_field, unit_days};
+use super::json::Json;
 use super::knowledge::{Medication, StrengthUnit};
-use serde_json::Value;
 
 /// The unit a dose or a dispensed quantity is counted in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct Amount {
 
 impl Amount {
     /// Reads a FHIR Quantity (value + code/unit); mcg is turned into mg.
-    pub fn from_quantity(q: Option<&Value>) -> Option<Self> {
+    pub fn from_quantity(q: Option<&Json>) -> Option<Self> {
         let q = q?;
         let value = num(q.get("value"))?;
         if value.is_nan() || value <= 0.0 {
@@ -103,7 +103,7 @@ fn code_per_day(code: &str) -> Option<f64> {
 }
 
 /// Administrations per day from a Timing.
-fn timing_per_day(timing: &Value) -> Option<f64> {
+fn timing_per_day(timing: &Json) -> Option<f64> {
     if let Some(repeat) = timing.get("repeat") {
         let freq = num(repeat.get("frequencyMax")).or_else(|| num(repeat.get("frequency")));
         let period = num(repeat.get("periodMax")).or_else(|| num(repeat.get("period")));
@@ -129,8 +129,8 @@ fn timing_per_day(timing: &Value) -> Option<f64> {
 
 /// The amount per administration from doseAndRate (array or object) or an old-style doseQuantity;
 /// the top of a range, so exposure is never underestimated.
-fn dose_of(d: &Value) -> Option<Amount> {
-    let from = |dr: &Value| {
+fn dose_of(d: &Json) -> Option<Amount> {
+    let from = |dr: &Json| {
         Amount::from_quantity(dr.get("doseQuantity")).or_else(|| {
             let range = dr.get("doseRange")?;
             Amount::from_quantity(range.get("high"))
@@ -142,7 +142,7 @@ fn dose_of(d: &Value) -> Option<Amount> {
         .or_else(|| from(d))
 }
 
-fn max_per_day(d: &Value) -> Option<Amount> {
+fn max_per_day(d: &Json) -> Option<Amount> {
     one_or_many(d.get("maxDosePerPeriod")).find_map(|ratio| {
         let n = Amount::from_quantity(ratio.get("numerator"))?;
         let den = ratio.get("denominator");
@@ -160,10 +160,10 @@ fn max_per_day(d: &Value) -> Option<Amount> {
     })
 }
 
-fn read_one(d: &Value) -> Dosage {
+fn read_one(d: &Json) -> Dosage {
     let as_needed = d
         .get("asNeededBoolean")
-        .and_then(Value::as_bool)
+        .and_then(Json::as_bool)
         .unwrap_or(false)
         || d.get("asNeededCodeableConcept")
             .is_some_and(|v| !v.is_null());
@@ -195,8 +195,8 @@ fn read_one(d: &Value) -> Dosage {
 /// Reads dosageInstruction (array or object). Instructions with different `sequence` numbers run
 /// one after another (the first is the current one); instructions without, or with the same,
 /// sequence run together and their daily amounts add up when their units agree.
-pub fn read_dosage(v: Option<&Value>) -> Option<Dosage> {
-    let all: Vec<&Value> = one_or_many(v).filter(|d| d.is_object()).collect();
+pub fn read_dosage(v: Option<&Json>) -> Option<Dosage> {
+    let all: Vec<&Json> = one_or_many(v).filter(|d| d.is_object()).collect();
     let first_seq = all
         .iter()
         .filter_map(|d| num(d.get("sequence")))
@@ -293,9 +293,14 @@ pub fn ingredient_rate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    /// The readers take the borrowed tree; tests write serde_json literals.
+    macro_rules! json {
+        ($($t:tt)+) => {
+            Json::from(&serde_json::json!($($t)+))
+        };
+    }
 
-    fn per_day(v: Value) -> Option<(f64, DoseUnit)> {
+    fn per_day(v: Json<'_>) -> Option<(f64, DoseUnit)> {
         read_dosage(Some(&v))
             .and_then(|d| d.per_day)
             .map(|a| (a.value, a.unit))

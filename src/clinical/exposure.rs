@@ -392,7 +392,7 @@ pub fn exposure(
         );
         keys
     };
-    let mut by_key: HashMap<TrackKey, Vec<&Covered<'_>>> = HashMap::new();
+    let mut by_key: BTreeMap<TrackKey, Vec<&Covered<'_>>> = BTreeMap::new();
     for c in &covered {
         for k in keys_of(c.med) {
             by_key.entry(k).or_default().push(c);

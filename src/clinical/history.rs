@@ -3,8 +3,8 @@
 //! one that cannot be read is counted and skipped, never fatal.
 
 use super::fhir_read::{one_or_many, str_field};
+use super::json::Json;
 use super::record::{MedicationIndex, MedicationRecord, SkipReason, read_record};
-use serde_json::Value;
 
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -16,10 +16,10 @@ pub struct History {
 }
 
 /// Every resource in `v`: a Bundle's entries, an array's items, or `v` itself.
-pub fn resources(v: &Value) -> Vec<&Value> {
+pub fn resources<'v, 'a>(v: &'v Json<'a>) -> Vec<&'v Json<'a>> {
     match v {
-        Value::Array(items) => items.iter().flat_map(resources).collect(),
-        Value::Object(_) if str_field(v, "resourceType") == Some("Bundle") => {
+        Json::Array(items) => items.iter().flat_map(resources).collect(),
+        Json::Object(_) if str_field(v, "resourceType") == Some("Bundle") => {
             one_or_many(v.get("entry"))
                 .filter_map(|e| e.get("resource"))
                 .flat_map(resources)
@@ -32,8 +32,8 @@ pub fn resources(v: &Value) -> Vec<&Value> {
 
 /// Reads the medication records of all `sources` (Medication resources in any of them can be
 /// referenced from any other).
-pub fn read_history(sources: &[&Value]) -> History {
-    let all: Vec<&Value> = sources.iter().flat_map(|s| resources(s)).collect();
+pub fn read_history(sources: &[&Json]) -> History {
+    let all: Vec<&Json> = sources.iter().flat_map(|s| resources(s)).collect();
     let mut index = MedicationIndex::default();
     for r in &all {
         if str_field(r, "resourceType") == Some("Medication") {

@@ -6,6 +6,7 @@ pub mod dose;
 pub mod exposure;
 pub mod fhir_read;
 pub mod history;
+pub mod json;
 pub mod knowledge;
 pub mod patient;
 pub mod record;

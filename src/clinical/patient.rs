@@ -2,9 +2,9 @@
 //! (and of an order's reasonCode). Lenient like everything that reads EHR data.
 
 use super::fhir_read::{Coding, codings, date, one_or_many, str_field};
+use super::json::Json;
 use super::knowledge::{CodeSystem, Knowledge};
 use chrono::{Datelike, NaiveDate};
-use serde_json::Value;
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,13 +48,13 @@ pub fn groups_of(kb: &Knowledge, codes: &[Coding]) -> BTreeSet<String> {
     out
 }
 
-fn first_code(v: Option<&Value>) -> Option<String> {
+fn first_code(v: Option<&Json>) -> Option<String> {
     codings(v).into_iter().next().map(|c| c.code)
 }
 
 /// A Condition counts when it is active (or its status is not given and it has not abated) and
 /// has not been refuted or entered in error.
-fn is_active(condition: &Value) -> bool {
+fn is_active(condition: &Json) -> bool {
     let verification = first_code(condition.get("verificationStatus"));
     if matches!(
         verification.as_deref(),
@@ -66,16 +66,14 @@ fn is_active(condition: &Value) -> bool {
         Some("active" | "recurrence" | "relapse") => true,
         Some(_) => false,
         None => {
-            condition
-                .get("abatementDateTime")
-                .is_none_or(Value::is_null)
-                && condition.get("abatementPeriod").is_none_or(Value::is_null)
+            condition.get("abatementDateTime").is_none_or(Json::is_null)
+                && condition.get("abatementPeriod").is_none_or(Json::is_null)
         }
     }
 }
 
 /// Reads the Patient (any resource of that type among `resources`) and the active Conditions.
-pub fn read_patient(kb: &Knowledge, resources: &[&Value], today: NaiveDate) -> PatientFacts {
+pub fn read_patient(kb: &Knowledge, resources: &[&Json], today: NaiveDate) -> PatientFacts {
     let mut facts = PatientFacts::default();
     for r in resources {
         match str_field(r, "resourceType") {
@@ -96,7 +94,7 @@ pub fn read_patient(kb: &Knowledge, resources: &[&Value], today: NaiveDate) -> P
 }
 
 /// The codings of every CodeableConcept in a field (for reasonCode as object or array).
-pub fn concept_codings(v: Option<&Value>) -> Vec<Coding> {
+pub fn concept_codings(v: Option<&Json>) -> Vec<Coding> {
     one_or_many(v).flat_map(|c| codings(Some(c))).collect()
 }
 
@@ -136,7 +134,7 @@ mod tests {
             (copd(Some("resolved"), None), false),
             (copd(Some("active"), Some("refuted")), false),
         ] {
-            let f = read_patient(&kb, &[&c], today);
+            let f = read_patient(&kb, &[&crate::clinical::json::Json::from(&c)], today);
             assert_eq!(f.has("copd"), expected, "{c}");
         }
     }

@@ -6,9 +6,9 @@ use super::dose::{Amount, Dosage, read_dosage};
 use super::fhir_read::{
     Coding, codings, codings_of_many, date, duration_days, one_or_many, str_field,
 };
+use super::json::Json;
 use super::knowledge::{Knowledge, Medication, TermType};
 use chrono::NaiveDate;
-use serde_json::Value;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,7 +97,7 @@ pub struct MedicationIndex {
 }
 
 impl MedicationIndex {
-    pub fn insert(&mut self, medication: &Value) {
+    pub fn insert(&mut self, medication: &Json) {
         if let Some(id) = str_field(medication, "id") {
             self.by_id
                 .insert(id.to_string(), medication_codes(medication));
@@ -119,7 +119,7 @@ pub fn medication_ref_id(reference: &str) -> Option<&str> {
     id.split("/_history").next()
 }
 
-fn medication_codes(medication: &Value) -> MedicationCodes {
+fn medication_codes(medication: &Json) -> MedicationCodes {
     MedicationCodes {
         codings: codings(medication.get("code")),
         ingredient_codings: one_or_many(medication.get("ingredient"))
@@ -129,7 +129,7 @@ fn medication_codes(medication: &Value) -> MedicationCodes {
     }
 }
 
-fn read_medication(resource: &Value, index: &MedicationIndex) -> MedicationCodes {
+fn read_medication(resource: &Json, index: &MedicationIndex) -> MedicationCodes {
     if let Some(concept) = resource
         .get("medicationCodeableConcept")
         .filter(|v| !v.is_null())
@@ -161,7 +161,7 @@ fn read_medication(resource: &Value, index: &MedicationIndex) -> MedicationCodes
     }
 }
 
-fn reference(v: Option<&Value>) -> Option<String> {
+fn reference(v: Option<&Json>) -> Option<String> {
     one_or_many(v)
         .find_map(|r| str_field(r, "reference"))
         .map(str::to_string)
@@ -169,7 +169,7 @@ fn reference(v: Option<&Value>) -> Option<String> {
 
 /// Reads one resource; anything but the three medication record types is skipped.
 pub fn read_record(
-    resource: &Value,
+    resource: &Json,
     index: &MedicationIndex,
 ) -> Result<MedicationRecord, SkipReason> {
     if !resource.is_object() {
@@ -257,9 +257,11 @@ const RXNORM_SYSTEMS: [&str; 3] = [
 
 fn is_rxnorm(c: &Coding) -> bool {
     c.system.as_deref().is_some_and(|s| {
-        RXNORM_SYSTEMS
-            .iter()
-            .any(|r| s.trim_end_matches('/').eq_ignore_ascii_case(r))
+        // The spelling nearly every record uses, before the case-blind comparisons.
+        s == RXNORM_SYSTEMS[0]
+            || RXNORM_SYSTEMS
+                .iter()
+                .any(|r| s.trim_end_matches('/').eq_ignore_ascii_case(r))
     })
 }
 
@@ -267,26 +269,35 @@ fn is_rxnorm(c: &Coding) -> bool {
 /// wins over an ingredient-level one; Medication.ingredient codes are the last resort. Unknown
 /// codes resolve to None ("unclassified"), never an error.
 pub fn resolve<'k>(kb: &'k Knowledge, codes: &MedicationCodes) -> Option<&'k Medication> {
-    let known = |list: &[Coding]| -> Vec<&'k Medication> {
+    // Called for every record more than once: no allocation.
+    fn known<'a, 'k>(
+        kb: &'k Knowledge,
+        list: &'a [Coding],
+    ) -> impl Iterator<Item = &'k Medication> + use<'a, 'k> {
         list.iter()
             .filter(|c| is_rxnorm(c))
             .filter_map(|c| RxCui::parse(&c.code))
-            .filter_map(|r| kb.medication(r))
-            .collect()
-    };
-    let found = known(&codes.codings);
-    found
-        .iter()
-        .find(|m| m.tty != TermType::Ingredient)
-        .or(found.first())
-        .copied()
-        .or_else(|| known(&codes.ingredient_codings).first().copied())
+            .filter_map(move |r| kb.medication(r))
+    }
+    let mut first = None;
+    for m in known(kb, &codes.codings) {
+        if m.tty != TermType::Ingredient {
+            return Some(m);
+        }
+        first = first.or(Some(m));
+    }
+    first.or_else(|| known(kb, &codes.ingredient_codings).next())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    /// The readers take the borrowed tree; tests write serde_json literals.
+    macro_rules! json {
+        ($($t:tt)+) => {
+            Json::from(&serde_json::json!($($t)+))
+        };
+    }
 
     #[test]
     fn skips_what_is_not_a_medication_record() {

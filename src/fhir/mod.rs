@@ -8,6 +8,7 @@
 //! resource stays JSON and is read on its own. It also gives a byte cap per page, one deadline
 //! across every request, and no redirects (the bearer token must not travel).
 
+use crate::clinical::json::Json;
 use crate::protocol::{CdsRequest, PrefetchState, prefetch_state};
 use reqwest::Url;
 use serde::Deserialize;
@@ -181,11 +182,11 @@ impl FhirClient {
     /// that is absent or null is fetched from fhirServer, and a prefetched Bundle with a `next`
     /// link is followed. The caller has already removed a fhirServer the issuer may not name.
     /// Never fails: what cannot be had is reported, and the evaluation decides what it can say.
-    pub async fn gather(&self, templates: &Map<String, Value>, req: &mut CdsRequest) -> Report {
+    pub async fn gather(&self, templates: &Map<String, Value>, req: &mut CdsRequest<'_>) -> Report {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.settings.deadline_ms);
         let target = self.target(req);
-        let prefetch = req.prefetch.get_or_insert_with(Map::new);
+        let prefetch = req.prefetch.get_or_insert_with(|| Json::Object(Vec::new()));
         let mut report = Report::default();
         let mut jobs = tokio::task::JoinSet::new();
         for (key, template) in templates {
@@ -195,15 +196,17 @@ impl FhirClient {
                     report.pieces.insert(key.clone(), Piece::Prefetched);
                     continue;
                 }
-                (PrefetchState::Partial, Ok(_)) => match prefetch.get(key).and_then(next_link) {
-                    Some(next) => Start::Continue(next),
-                    None => {
-                        report
-                            .pieces
-                            .insert(key.clone(), Piece::Partial("outcome_error"));
-                        continue;
+                (PrefetchState::Partial, Ok(_)) => {
+                    match prefetch.get(key).and_then(prefetch_next) {
+                        Some(next) => Start::Continue(next),
+                        None => {
+                            report
+                                .pieces
+                                .insert(key.clone(), Piece::Partial("outcome_error"));
+                            continue;
+                        }
                     }
-                },
+                }
                 (PrefetchState::Partial, Err(why)) => {
                     report.pieces.insert(key.clone(), Piece::Partial(why));
                     continue;
@@ -240,14 +243,14 @@ impl FhirClient {
                 .filter(|v| prefetch_state(Some(v)) != PrefetchState::Missing);
             let piece = match (fetched.result, existing) {
                 (Ok(Got::Resource(v)), _) => {
-                    prefetch.insert(key.clone(), v);
+                    prefetch.insert(&key, Json::from(&v));
                     Piece::Fetched
                 }
                 (Ok(Got::Entries(entries, stop)), existing) => {
                     match existing {
                         Some(bundle) => append_entries(bundle, entries),
                         None => {
-                            prefetch.insert(key.clone(), searchset(entries));
+                            prefetch.insert(&key, Json::from(&searchset(entries)));
                         }
                     }
                     stop.map_or(Piece::Fetched, Piece::Partial)
@@ -278,7 +281,7 @@ impl FhirClient {
         &self,
         target: &Target,
         deadline: Instant,
-        prefetch: &mut Map<String, Value>,
+        prefetch: &mut Json<'_>,
         report: &mut Report,
     ) {
         let missing = missing_medications(prefetch);
@@ -340,22 +343,24 @@ const MAX_MEDICATION_READS: usize = 50;
 
 /// Ids of Medications referenced as `Medication/<id>` (relative, absolute or versioned) that no
 /// value in `prefetch` holds, each with the key that references it first.
-fn missing_medications(prefetch: &Map<String, Value>) -> BTreeMap<String, String> {
+fn missing_medications(prefetch: &Json<'_>) -> BTreeMap<String, String> {
     let mut have = BTreeSet::new();
     let mut wanted = BTreeMap::new();
-    for (key, v) in prefetch {
+    for (key, v) in prefetch.fields() {
         for r in crate::clinical::history::resources(v) {
-            if r.get("resourceType") == Some(&Value::from("Medication"))
-                && let Some(id) = r.get("id").and_then(Value::as_str)
+            if r.get("resourceType").and_then(Json::as_str) == Some("Medication")
+                && let Some(id) = r.get("id").and_then(Json::as_str)
             {
                 have.insert(id.to_string());
             }
             let reference = r
                 .get("medicationReference")
                 .and_then(|m| m.get("reference"))
-                .and_then(Value::as_str);
+                .and_then(Json::as_str);
             if let Some(id) = reference.and_then(medication_id) {
-                wanted.entry(id.to_string()).or_insert_with(|| key.clone());
+                wanted
+                    .entry(id.to_string())
+                    .or_insert_with(|| key.to_string());
             }
         }
     }
@@ -557,7 +562,13 @@ fn is_bundle(v: &Value) -> bool {
     v.get("resourceType").and_then(Value::as_str) == Some("Bundle")
 }
 
+/// The `next` url of a fetched page.
 fn next_link(v: &Value) -> Option<String> {
+    prefetch_next(&Json::from(v))
+}
+
+/// The `next` url of a prefetched Bundle.
+fn prefetch_next(v: &Json<'_>) -> Option<String> {
     crate::protocol::next_link(v)?
         .get("url")?
         .as_str()
@@ -571,15 +582,18 @@ fn take_entries(mut bundle: Value) -> Vec<Value> {
     }
 }
 
-fn append_entries(bundle: &mut Value, entries: Vec<Value>) {
-    if let Some(obj) = bundle.as_object_mut() {
-        // Paging is done: the link must not be followed again downstream.
-        obj.remove("link");
-        let list = obj
-            .entry("entry")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(a) = list {
-            a.extend(entries);
+fn append_entries(bundle: &mut Json<'_>, entries: Vec<Value>) {
+    if !bundle.is_object() {
+        return;
+    }
+    // Paging is done: the link must not be followed again downstream.
+    bundle.remove("link");
+    if !matches!(bundle.get("entry"), Some(Json::Array(_))) {
+        bundle.insert("entry", Json::Array(Vec::new()));
+    }
+    if let Some(Json::Array(a)) = bundle.get_mut("entry") {
+        for e in &entries {
+            a.push(Json::from(e));
         }
     }
 }
@@ -652,7 +666,7 @@ mod tests {
             "medicationDispenses": {"resourceType": "Bundle", "entry": [
                 {"resource": {"resourceType": "MedicationDispense", "medicationReference": {"reference": "Medication/c"}}}]}
         }));
-        let missing = missing_medications(&prefetch);
+        let missing = missing_medications(&Json::from(&Value::Object(prefetch)));
         assert_eq!(
             missing.into_iter().collect::<Vec<_>>(),
             [
@@ -671,10 +685,13 @@ mod tests {
             next_link(&json!({"resourceType": "Patient", "link": []})),
             None
         );
-        let mut b2 = b.clone();
+        let mut b2 = Json::from(&b);
         append_entries(&mut b2, vec![json!({"resource": {}})]);
-        assert_eq!(next_link(&b2), None);
-        assert_eq!(b2["entry"].as_array().map(Vec::len), Some(1));
+        assert_eq!(prefetch_next(&b2), None);
+        assert_eq!(
+            b2.get("entry").and_then(Json::as_array).map(<[_]>::len),
+            Some(1)
+        );
     }
 
     #[test]

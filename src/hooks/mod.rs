@@ -9,6 +9,7 @@ use crate::cards::{
 };
 use crate::clinical::fhir_read::{one_or_many, str_field};
 use crate::clinical::history::{read_history, resources};
+use crate::clinical::json::Json;
 use crate::clinical::knowledge::Knowledge;
 use crate::clinical::patient::read_patient;
 use crate::clinical::record::{MedicationIndex, read_record, resolve};
@@ -65,7 +66,7 @@ pub struct Outcome {
     pub skipped_resources: usize,
 }
 
-fn is_ours(resource: &Value) -> bool {
+fn is_ours(resource: &Json<'_>) -> bool {
     let tagged = resource
         .get("meta")
         .map(|m| one_or_many(m.get("tag")))
@@ -129,14 +130,20 @@ fn service_and_context<'c>(
     Ok((service, ctx))
 }
 
+fn draft_json(ctx: &OrderContext) -> Option<Json<'static>> {
+    ctx.draft_orders.as_ref().map(Json::from)
+}
+
 /// Each draft read on its own; Medications in the draft bundle or `others` can be referenced.
 fn read_drafts<'k, 'v>(
     kb: &'k Knowledge,
     service: &Service,
     ctx: &'v OrderContext,
-    others: &[&'v Value],
+    others: &[&'v Json<'_>],
 ) -> (Vec<Draft<'k>>, Vec<(Option<String>, Value)>) {
-    let draft_values: Vec<&Value> = ctx.draft_orders.as_ref().map(resources).unwrap_or_default();
+    // Drafts are few: read as the record is, from their own copy.
+    let drafts_json = draft_json(ctx);
+    let draft_values: Vec<&Json<'_>> = drafts_json.as_ref().map(resources).unwrap_or_default();
     let mut index = MedicationIndex::default();
     for r in others.iter().chain(&draft_values) {
         if str_field(r, "resourceType") == Some("Medication") {
@@ -170,7 +177,7 @@ fn read_drafts<'k, 'v>(
             reference: reference.clone(),
             record,
         });
-        raw.push((reference, v.clone()));
+        raw.push((reference, Value::from(v)));
     }
     (drafts, raw)
 }
@@ -192,10 +199,10 @@ pub fn needs_record(
 ) -> Result<bool, HookError> {
     let (service, ctx) = service_and_context(catalogue, service_id, req)?;
     // A draft may name a Medication sent in prefetch.
-    let prefetched: Vec<&Value> = req
+    let prefetched: Vec<&Json<'_>> = req
         .prefetch
         .iter()
-        .flat_map(|p| p.values())
+        .flat_map(|p| p.fields().map(|(_, v)| v))
         .flat_map(resources)
         .collect();
     Ok(needs_history(
@@ -214,7 +221,7 @@ pub fn evaluate_request_with(
 ) -> Result<Outcome, HookError> {
     let calendar_url = opts.calendar_url;
     let (service, ctx) = service_and_context(catalogue, service_id, req)?;
-    let prefetch: Vec<&Value> = req
+    let prefetch: Vec<&Json<'_>> = req
         .prefetch
         .as_ref()
         .map(|p| {
@@ -227,7 +234,7 @@ pub fn evaluate_request_with(
         })
         .unwrap_or_default();
     let history = read_history(&prefetch);
-    let all_resources: Vec<&Value> = prefetch.iter().flat_map(|v| resources(v)).collect();
+    let all_resources: Vec<&Json<'_>> = prefetch.iter().flat_map(|v| resources(v)).collect();
     let patient = read_patient(kb, &all_resources, today);
     let (drafts, raw) = read_drafts(kb, service, &ctx, &all_resources);
 
@@ -336,7 +343,8 @@ pub fn drafts_digest(
     req: &CdsRequest,
 ) -> Result<Option<String>, HookError> {
     let (service, ctx) = service_and_context(catalogue, service_id, req)?;
-    let drafts: Vec<&Value> = ctx.draft_orders.as_ref().map(resources).unwrap_or_default();
+    let drafts_json = draft_json(&ctx);
+    let drafts: Vec<&Json<'_>> = drafts_json.as_ref().map(resources).unwrap_or_default();
     if drafts.is_empty() {
         return Ok(None);
     }
@@ -356,7 +364,7 @@ pub fn drafts_digest(
     }
     // serde_json keeps object keys sorted, so equal content serialises equally; the order of
     // the drafts does not matter.
-    let mut texts: Vec<String> = drafts.iter().map(|d| d.to_string()).collect();
+    let mut texts: Vec<String> = drafts.iter().map(|d| Value::from(*d).to_string()).collect();
     texts.sort();
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for t in &texts {

@@ -38,6 +38,34 @@ pub struct AppState {
     pub hasher: crate::store::PatientHasher,
     /// SHA-256 of the admin bearer token; None turns /admin off.
     pub admin_token: Option<Vec<u8>>,
+    /// Slots for the CPU-bound part of a hook call (parse to evaluation). A parsed record is the
+    /// bulk of a request's memory; without a bound, requests waiting on Redis each hold one and
+    /// the working set outgrows the caches (docs/benchmarks.md).
+    pub cpu_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Two slots a core: one computing while the other waits on a store round trip.
+pub fn cpu_slots() -> Arc<tokio::sync::Semaphore> {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    Arc::new(tokio::sync::Semaphore::new(cores * 2))
+}
+
+type Slot = Option<tokio::sync::OwnedSemaphorePermit>;
+
+async fn slot(s: &AppState) -> Result<Slot, ApiError> {
+    // The semaphore is never closed; an error here is a bug, answered as overload.
+    s.cpu_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map(Some)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the service is shutting down",
+            )
+        })
 }
 
 impl AppState {
@@ -434,30 +462,42 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a body, naming the offending field but never echoing the body or the parser's text.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    // The body is checked as UTF-8 once, not string by string as from_slice would. Tracking the
+    // path costs on every value of a large body: only a refused body pays for it.
+    let text = std::str::from_utf8(body).map_err(|_| refusal::<T>(body))?;
+    serde_json::from_str(text).map_err(|_| refusal::<T>(body))
+}
+
+fn refusal<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> ApiError {
+    let malformed = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body is not valid JSON",
+        )
+    };
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if e.inner().is_syntax() || e.inner().is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                "the body is not valid JSON",
-            )
-        } else if path == "." {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "a required field is missing or the body has the wrong shape",
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                format!("field {path} is missing or of the wrong type"),
-            )
-        }
-    })
+    let Err(e) = serde_path_to_error::deserialize::<_, T>(de) else {
+        // Only trailing characters after a valid value get here.
+        return malformed();
+    };
+    let path = e.path().to_string();
+    if e.inner().is_syntax() || e.inner().is_eof() {
+        malformed()
+    } else if path == "." {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "a required field is missing or the body has the wrong shape",
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("field {path} is missing or of the wrong type"),
+        )
+    }
 }
 
 fn body_or_error(
@@ -503,7 +543,8 @@ async fn hook(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (principal, body) = admit(&s, &id, &headers, &uri, body).await?;
-    let mut req: CdsRequest = parse(&body)?;
+    let mut cpu = slot(&s).await?;
+    let mut req: CdsRequest<'_> = parse(&body)?;
     // A fhirServer the issuer may not name is treated as absent: never contacted.
     if req
         .fhir_server
@@ -544,10 +585,14 @@ async fn hook(
     };
     let reused_run_ahead = reused.is_some();
     let mut shown = match reused {
-        Some(r) => r,
+        Some(r) => {
+            req.prefetch = None;
+            drop(cpu.take());
+            r
+        }
         None => {
             let (fresh, complete) =
-                evaluate_fresh(&s, &id, &mut req, &headers, needs, today).await?;
+                evaluate_fresh(&s, &id, &mut req, &headers, needs, today, &mut cpu).await?;
             // Only a result from the whole record is reused: one made while data was missing
             // may lack cards a complete record gives.
             if let (Some(key), "order-select", true) = (&run_ahead, req.hook.as_str(), complete) {
@@ -581,13 +626,22 @@ fn context_str<'r>(req: &'r CdsRequest, field: &str) -> Option<&'r str> {
 async fn evaluate_fresh(
     s: &AppState,
     id: &str,
-    req: &mut CdsRequest,
+    req: &mut CdsRequest<'_>,
     headers: &HeaderMap,
     needs: bool,
     today: chrono::NaiveDate,
+    cpu: &mut Slot,
 ) -> Result<(ShownCards, bool), ApiError> {
     let report = if needs && let Some(service) = s.catalogue.service(id) {
+        // A fetch waits on the network: it holds no CPU slot meanwhile.
+        let fetching = req.fhir_server.is_some();
+        if fetching {
+            *cpu = None;
+        }
         let r = s.fhir.gather(&service.prefetch, req).await;
+        if fetching {
+            *cpu = slot(s).await?;
+        }
         record_fetch(id, &r);
         Some(r)
     } else {
@@ -607,6 +661,10 @@ async fn evaluate_fresh(
             partial: partial.as_ref(),
         },
     )?;
+    // The parsed history is the bulk of a request's memory: it goes before any wait on the store,
+    // so requests waiting on Redis do not each hold one.
+    req.prefetch = None;
+    *cpu = None;
     if let Some(html) = out.calendar_html
         && let Err(e) = s.store.put_calendar(&calendar_id, Arc::new(html)).await
     {
@@ -759,6 +817,7 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         store_settings: config.store.clone(),
         hasher,
         admin_token,
+        cpu_slots: cpu_slots(),
     })
 }
 

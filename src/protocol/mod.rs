@@ -1,6 +1,7 @@
 //! CDS Hooks 2.0 wire types (serde only). Optional fields are omitted, never null; unknown fields
 //! (CDS Hooks 3.0 additions) are accepted and ignored.
 
+use crate::clinical::json::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -54,10 +55,11 @@ impl fmt::Display for Summary {
     }
 }
 
-/// The hook call. `context` and `prefetch` stay JSON: each piece is read leniently later.
+/// The hook call. `context` and `prefetch` stay JSON: each piece is read leniently later. The
+/// prefetch borrows its strings from the body it was parsed from (see [`Json`]).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CdsRequest {
+pub struct CdsRequest<'a> {
     pub hook: String,
     pub hook_instance: String,
     #[serde(default)]
@@ -66,9 +68,43 @@ pub struct CdsRequest {
     pub fhir_authorization: Option<FhirAuthorization>,
     #[schema(value_type = Object)]
     pub context: Map<String, Value>,
-    #[serde(default)]
+    /// An object (checked when parsed), or absent.
+    #[serde(default, borrow, deserialize_with = "object_or_null")]
     #[schema(value_type = Option<Object>)]
-    pub prefetch: Option<Map<String, Value>>,
+    pub prefetch: Option<Json<'a>>,
+}
+
+impl CdsRequest<'_> {
+    /// The same request, owning its data (to outlive the body it was read from).
+    pub fn into_owned(self) -> CdsRequest<'static> {
+        CdsRequest {
+            hook: self.hook,
+            hook_instance: self.hook_instance,
+            fhir_server: self.fhir_server,
+            fhir_authorization: self.fhir_authorization,
+            context: self.context,
+            prefetch: self.prefetch.map(Json::into_owned),
+        }
+    }
+
+    /// A request from a JSON value (tests, tools).
+    pub fn from_value(v: &Value) -> Result<CdsRequest<'static>, serde_json::Error> {
+        let text = v.to_string();
+        serde_json::from_str::<CdsRequest<'_>>(&text).map(CdsRequest::into_owned)
+    }
+}
+
+fn object_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Json<'a>>, D::Error> {
+    match Json::deserialize(d)? {
+        Json::Null => Ok(None),
+        v @ Json::Object(_) => Ok(Some(v)),
+        _ => Err(serde::de::Error::invalid_type(
+            serde::de::Unexpected::Other("a non-object"),
+            &"an object",
+        )),
+    }
 }
 
 /// fhirAuthorization; `Debug` never shows the token.
@@ -330,20 +366,20 @@ pub enum PrefetchState {
 }
 
 /// A Bundle's `next` link (the link object: its url may be missing or malformed).
-pub fn next_link(bundle: &Value) -> Option<&Value> {
-    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+pub fn next_link<'v, 'a>(bundle: &'v Json<'a>) -> Option<&'v Json<'a>> {
+    if bundle.get("resourceType").and_then(Json::as_str) != Some("Bundle") {
         return None;
     }
     bundle
         .get("link")?
         .as_array()?
         .iter()
-        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+        .find(|l| l.get("relation").and_then(Json::as_str) == Some("next"))
 }
 
-pub fn prefetch_state(v: Option<&Value>) -> PrefetchState {
-    fn kind(v: &Value) -> Option<&str> {
-        v.get("resourceType").and_then(Value::as_str)
+pub fn prefetch_state(v: Option<&Json>) -> PrefetchState {
+    fn kind<'v>(v: &'v Json<'_>) -> Option<&'v str> {
+        v.get("resourceType").and_then(Json::as_str)
     }
     let Some(v) = v.filter(|v| v.is_object()) else {
         return PrefetchState::Missing;
@@ -352,14 +388,14 @@ pub fn prefetch_state(v: Option<&Value>) -> PrefetchState {
         Some("OperationOutcome") | None => PrefetchState::Missing,
         Some("Bundle") => {
             let has_next = next_link(v).is_some();
-            let entries = v.get("entry").and_then(Value::as_array);
+            let entries = v.get("entry").and_then(Json::as_array);
             let has_error = entries.into_iter().flatten().any(|e| {
                 e.get("resource").is_some_and(|r| {
                     kind(r) == Some("OperationOutcome")
-                        && r.get("issue").and_then(Value::as_array).is_some_and(|is| {
+                        && r.get("issue").and_then(Json::as_array).is_some_and(|is| {
                             is.iter().any(|i| {
                                 matches!(
-                                    i.get("severity").and_then(Value::as_str),
+                                    i.get("severity").and_then(Json::as_str),
                                     Some("error" | "fatal")
                                 )
                             })
@@ -382,7 +418,8 @@ mod tests {
     fn prefetch_states() {
         use super::{PrefetchState::*, prefetch_state};
         use serde_json::json;
-        let st = |v: serde_json::Value| prefetch_state(Some(&v));
+        let st =
+            |v: serde_json::Value| prefetch_state(Some(&crate::clinical::json::Json::from(&v)));
         assert_eq!(prefetch_state(None), Missing);
         assert_eq!(st(json!(null)), Missing);
         assert_eq!(

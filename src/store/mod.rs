@@ -310,15 +310,58 @@ pub trait Store: Send + Sync {
 /// Items in arrival order, and the ids seen.
 type FeedbackLog = (Vec<(String, Feedback)>, HashSet<String>);
 
-/// A value with its own deadline, in a cache whose capacity bounds memory.
+/// A value with its own deadline, in a cache whose size in bytes bounds memory.
 type Timed<T> = moka::sync::Cache<String, (Instant, T)>;
 
-fn timed<T: Clone + Send + Sync + 'static>(capacity: u64, longest: Duration) -> Timed<T> {
+/// About how many bytes an entry holds, so caches are bounded by memory, not by count: under
+/// load the in-memory store is the bulk of the process's memory (docs/benchmarks.md).
+trait Weigh {
+    fn bytes(&self) -> usize;
+}
+
+impl Weigh for RiskMark {
+    fn bytes(&self) -> usize {
+        48 + self.signals.iter().map(|s| s.len() + 32).sum::<usize>()
+    }
+}
+
+impl Weigh for CardNote {
+    fn bytes(&self) -> usize {
+        self.rule.len()
+            + self.patient.len()
+            + self.prescriber.as_ref().map_or(0, String::len)
+            + self.mark.bytes()
+    }
+}
+
+impl Weigh for Snooze {
+    fn bytes(&self) -> usize {
+        self.mark.bytes() + self.by.as_ref().map_or(0, String::len) + 16
+    }
+}
+
+impl Weigh for Arc<Vec<u8>> {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Per-entry bookkeeping of the cache and the key's allocation, on top of what `Weigh` counts.
+const ENTRY_OVERHEAD: usize = 128;
+
+fn weight(key: &str, value_bytes: usize) -> u32 {
+    u32::try_from(key.len() + value_bytes + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+fn timed<T: Weigh + Clone + Send + Sync + 'static>(bytes: u64, longest: Duration) -> Timed<T> {
     moka::sync::Cache::builder()
-        .max_capacity(capacity)
+        .max_capacity(bytes)
+        .weigher(|k: &String, (_, v): &(Instant, T)| weight(k, v.bytes()))
         .time_to_live(longest)
         .build()
 }
+
+const MIB: u64 = 1024 * 1024;
 
 fn live<T: Clone + Send + Sync + 'static>(cache: &Timed<T>, key: &str) -> Option<T> {
     cache
@@ -344,13 +387,16 @@ impl MemoryStore {
         MemoryStore {
             feedback: Mutex::new((Vec::new(), HashSet::new())),
             counts: Mutex::new(HashMap::new()),
+            // One replica's working set; past it the least used go first. A deployment that needs
+            // more keeps them in Redis.
             calendars: moka::sync::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(4 * MIB)
+                .weigher(|k: &String, v: &Arc<String>| weight(k, v.len()))
                 .time_to_live(calendar_ttl)
                 .build(),
-            cards: timed(100_000, YEAR),
-            snoozes: timed(100_000, YEAR),
-            run_ahead: timed(10_000, Duration::from_secs(24 * 3600)),
+            cards: timed(4 * MIB, YEAR),
+            snoozes: timed(2 * MIB, YEAR),
+            run_ahead: timed(4 * MIB, Duration::from_secs(24 * 3600)),
             max_feedback: 100_000,
         }
     }
