@@ -159,7 +159,8 @@ class Bench:
             "requests": r["requests"],
             "failed": failed,
             "tokens_ran_out": r["tokens_exhausted"],
-            "rps": round(r["requests"] / seconds, 1),
+            # Answered requests only: a fast refusal must not count as throughput.
+            "rps": round(ok / seconds, 1),
             "p50_ms": lat["p50"] / 1000,
             "p90_ms": lat["p90"] / 1000,
             "p99_ms": lat["p99"] / 1000,

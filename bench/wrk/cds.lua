@@ -13,7 +13,9 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local head, tail, tokens, n, exhausted
+local head, tail, tokens, n
+-- Global, not local: done() reads it per thread with thread:get, which sees globals only.
+exhausted = 0
 
 function init(args)
   local nthreads = tonumber(os.getenv("BENCH_THREADS"))
@@ -23,7 +25,7 @@ function init(args)
   local s, e = string.find(body, placeholder, 1, true)
   head, tail = body:sub(1, s - 1), body:sub(e + 1)
   -- Each thread takes every nthreads-th token, so no two threads send the same one.
-  tokens, n, exhausted = {}, 0, 0
+  tokens, n = {}, 0
   local i = 0
   for line in io.lines(os.getenv("BENCH_TOKENS")) do
     if i % nthreads == id then

@@ -24,6 +24,8 @@ struct Seen {
     swept_at: i64,
 }
 
+const SWEEP_MARGIN_SECONDS: i64 = 60;
+
 fn digest(key: &str) -> u128 {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
     let mut first = [0u8; 16];
@@ -41,7 +43,10 @@ impl ReplayGuard for MemoryReplayGuard {
             Err(poisoned) => poisoned.into_inner(),
         };
         if now != seen.swept_at {
-            seen.until.retain(|_, exp| *exp >= now);
+            // With a margin: a concurrent call may carry an older `now` (taken before its
+            // signature check), and must still find the jti.
+            seen.until
+                .retain(|_, exp| *exp + SWEEP_MARGIN_SECONDS >= now);
             seen.swept_at = now;
         }
         match seen.until.get(&key) {
@@ -64,8 +69,12 @@ mod tests {
         assert!(g.first_use("iss|a", 100, 10).await);
         assert!(!g.first_use("iss|a", 100, 50).await);
         assert!(g.first_use("iss|b", 100, 50).await);
-        // Expired: swept, and the key may be used again (the token itself is refused as expired).
-        assert!(g.first_use("iss|a", 300, 101).await);
+        // A sweep keeps what a call with a slightly older clock could still look up.
+        assert!(g.first_use("iss|c", 100, 99).await);
+        assert!(!g.first_use("iss|a", 300, 100).await);
+        // Past the margin: swept, and the key may be used again (the token itself is refused as
+        // expired long before).
+        assert!(g.first_use("iss|a", 400, 161).await);
         assert_eq!(g.seen.lock().map(|s| s.until.len()).unwrap_or(0), 1);
     }
 }

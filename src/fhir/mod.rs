@@ -346,7 +346,9 @@ const MAX_MEDICATION_READS: usize = 50;
 fn missing_medications(prefetch: &Json<'_>) -> BTreeMap<String, String> {
     let mut have = BTreeSet::new();
     let mut wanted = BTreeMap::new();
-    for (key, v) in prefetch.fields() {
+    // In key order, as fetched keys arrive in whatever order the network gives.
+    let by_key: BTreeMap<&str, &Json<'_>> = prefetch.fields().collect();
+    for (key, v) in by_key {
         for r in crate::clinical::history::resources(v) {
             if r.get("resourceType").and_then(Json::as_str) == Some("Medication")
                 && let Some(id) = r.get("id").and_then(Json::as_str)
@@ -562,9 +564,18 @@ fn is_bundle(v: &Value) -> bool {
     v.get("resourceType").and_then(Value::as_str) == Some("Bundle")
 }
 
-/// The `next` url of a fetched page.
+/// The `next` url of a fetched page (read in place: a page can be megabytes).
 fn next_link(v: &Value) -> Option<String> {
-    prefetch_next(&Json::from(v))
+    if v.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return None;
+    }
+    v.get("link")?
+        .as_array()?
+        .iter()
+        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))?
+        .get("url")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The `next` url of a prefetched Bundle.
@@ -588,8 +599,14 @@ fn append_entries(bundle: &mut Json<'_>, entries: Vec<Value>) {
     }
     // Paging is done: the link must not be followed again downstream.
     bundle.remove("link");
-    if !matches!(bundle.get("entry"), Some(Json::Array(_))) {
-        bundle.insert("entry", Json::Array(Vec::new()));
+    // A single entry object (read as a one-entry list elsewhere) is kept, as the first entry.
+    match bundle.get("entry") {
+        Some(Json::Array(_)) => {}
+        None | Some(Json::Null) => bundle.insert("entry", Json::Array(Vec::new())),
+        Some(one) => {
+            let one = one.clone();
+            bundle.insert("entry", Json::Array(vec![one]));
+        }
     }
     if let Some(Json::Array(a)) = bundle.get_mut("entry") {
         for e in &entries {
@@ -684,6 +701,14 @@ mod tests {
         assert_eq!(
             next_link(&json!({"resourceType": "Patient", "link": []})),
             None
+        );
+        let mut single =
+            Json::from(&json!({"resourceType": "Bundle", "entry": {"resource": {"id": "kept"}}}));
+        append_entries(&mut single, vec![json!({"resource": {"id": "new"}})]);
+        assert_eq!(
+            single["entry"].as_array().map(<[_]>::len),
+            Some(2),
+            "the single entry is kept"
         );
         let mut b2 = Json::from(&b);
         append_entries(&mut b2, vec![json!({"resource": {}})]);

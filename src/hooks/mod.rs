@@ -130,6 +130,27 @@ fn service_and_context<'c>(
     Ok((service, ctx))
 }
 
+/// [`resources`] over the serde_json drafts, in the same order.
+fn value_resources(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(value_resources).collect(),
+        Value::Object(_)
+            if v.get("resourceType").and_then(Value::as_str).map(str::trim) == Some("Bundle") =>
+        {
+            match v.get("entry") {
+                Some(Value::Array(entries)) => entries
+                    .iter()
+                    .filter_map(|e| e.get("resource"))
+                    .flat_map(value_resources)
+                    .collect(),
+                Some(Value::Null) | None => Vec::new(),
+                Some(one) => one.get("resource").map(value_resources).unwrap_or_default(),
+            }
+        }
+        _ => vec![v],
+    }
+}
+
 fn draft_json(ctx: &OrderContext) -> Option<Json<'static>> {
     ctx.draft_orders.as_ref().map(Json::from)
 }
@@ -141,9 +162,15 @@ fn read_drafts<'k, 'v>(
     ctx: &'v OrderContext,
     others: &[&'v Json<'_>],
 ) -> (Vec<Draft<'k>>, Vec<(Option<String>, Value)>) {
-    // Drafts are few: read as the record is, from their own copy.
+    // Drafts are few: read as the record is, from their own copy; the originals go back out
+    // in suggestions exactly as sent (same traversal, so the lists pair up).
     let drafts_json = draft_json(ctx);
     let draft_values: Vec<&Json<'_>> = drafts_json.as_ref().map(resources).unwrap_or_default();
+    let originals: Vec<&Value> = ctx
+        .draft_orders
+        .as_ref()
+        .map(value_resources)
+        .unwrap_or_default();
     let mut index = MedicationIndex::default();
     for r in others.iter().chain(&draft_values) {
         if str_field(r, "resourceType") == Some("Medication") {
@@ -153,7 +180,9 @@ fn read_drafts<'k, 'v>(
     let selections = ctx.selections.as_deref();
     let mut drafts = Vec::new();
     let mut raw = Vec::new();
-    for v in draft_values {
+    // Never expected to differ; if the two readings ever did, the copy is sent instead.
+    let paired = originals.len() == draft_values.len();
+    for (i, v) in draft_values.into_iter().enumerate() {
         let Ok(record) = read_record(v, &index) else {
             continue;
         };
@@ -177,7 +206,11 @@ fn read_drafts<'k, 'v>(
             reference: reference.clone(),
             record,
         });
-        raw.push((reference, Value::from(v)));
+        let original = match originals.get(i) {
+            Some(o) if paired => (*o).clone(),
+            _ => Value::from(v),
+        };
+        raw.push((reference, original));
     }
     (drafts, raw)
 }

@@ -580,7 +580,15 @@ async fn hook(
         None
     };
     let reused = match (&run_ahead, req.hook.as_str()) {
-        (Some(key), "order-sign") => answers.run_ahead(&patient_id, key).await,
+        (Some(key), "order-sign") => {
+            // A store round trip holds no CPU slot.
+            drop(cpu.take());
+            let r = answers.run_ahead(&patient_id, key).await;
+            if r.is_none() {
+                cpu = slot(&s).await?;
+            }
+            r
+        }
         _ => None,
     };
     let reused_run_ahead = reused.is_some();

@@ -356,12 +356,20 @@ fn weight(key: &str, value_bytes: usize) -> u32 {
 fn timed<T: Weigh + Clone + Send + Sync + 'static>(bytes: u64, longest: Duration) -> Timed<T> {
     moka::sync::Cache::builder()
         .max_capacity(bytes)
+        .eviction_policy(newest_kept())
         .weigher(|k: &String, (_, v): &(Instant, T)| weight(k, v.bytes()))
         .time_to_live(longest)
         .build()
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// Least recently used goes first. moka's default (TinyLFU) admits a new entry into a full
+/// cache only if it was asked for more often than what it would evict: a new calendar, card
+/// note or snooze, never read yet, would be turned away.
+fn newest_kept() -> moka::policy::EvictionPolicy {
+    moka::policy::EvictionPolicy::lru()
+}
 
 fn live<T: Clone + Send + Sync + 'static>(cache: &Timed<T>, key: &str) -> Option<T> {
     cache
@@ -387,15 +395,16 @@ impl MemoryStore {
         MemoryStore {
             feedback: Mutex::new((Vec::new(), HashSet::new())),
             counts: Mutex::new(HashMap::new()),
-            // One replica's working set; past it the least used go first. A deployment that needs
+            // One replica's working set; past it the least recently used go first. A deployment that needs
             // more keeps them in Redis.
             calendars: moka::sync::Cache::builder()
                 .max_capacity(4 * MIB)
+                .eviction_policy(newest_kept())
                 .weigher(|k: &String, v: &Arc<String>| weight(k, v.len()))
                 .time_to_live(calendar_ttl)
                 .build(),
             cards: timed(4 * MIB, YEAR),
-            snoozes: timed(2 * MIB, YEAR),
+            snoozes: timed(8 * MIB, YEAR),
             run_ahead: timed(4 * MIB, Duration::from_secs(24 * 3600)),
             max_feedback: 100_000,
         }
