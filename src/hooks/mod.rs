@@ -151,8 +151,16 @@ fn value_resources(v: &Value) -> Vec<&Value> {
     }
 }
 
-fn draft_json(ctx: &OrderContext) -> Option<Json<'static>> {
-    ctx.draft_orders.as_ref().map(Json::from)
+/// The draft resources as the EHR sent them (they go back out in suggestions and make the
+/// run-ahead digest), each with its copy in the tree the readers take. Drafts are few.
+fn drafts_of(ctx: &OrderContext) -> Vec<(&Value, Json<'static>)> {
+    ctx.draft_orders
+        .as_ref()
+        .map(value_resources)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v, Json::from(v)))
+        .collect()
 }
 
 /// Each draft read on its own; Medications in the draft bundle or `others` can be referenced.
@@ -162,17 +170,9 @@ fn read_drafts<'k, 'v>(
     ctx: &'v OrderContext,
     others: &[&'v Json<'_>],
 ) -> (Vec<Draft<'k>>, Vec<(Option<String>, Value)>) {
-    // Drafts are few: read as the record is, from their own copy; the originals go back out
-    // in suggestions exactly as sent (same traversal, so the lists pair up).
-    let drafts_json = draft_json(ctx);
-    let draft_values: Vec<&Json<'_>> = drafts_json.as_ref().map(resources).unwrap_or_default();
-    let originals: Vec<&Value> = ctx
-        .draft_orders
-        .as_ref()
-        .map(value_resources)
-        .unwrap_or_default();
+    let sent = drafts_of(ctx);
     let mut index = MedicationIndex::default();
-    for r in others.iter().chain(&draft_values) {
+    for r in others.iter().copied().chain(sent.iter().map(|(_, v)| v)) {
         if str_field(r, "resourceType") == Some("Medication") {
             index.insert(r);
         }
@@ -180,9 +180,7 @@ fn read_drafts<'k, 'v>(
     let selections = ctx.selections.as_deref();
     let mut drafts = Vec::new();
     let mut raw = Vec::new();
-    // Never expected to differ; if the two readings ever did, the copy is sent instead.
-    let paired = originals.len() == draft_values.len();
-    for (i, v) in draft_values.into_iter().enumerate() {
+    for (original, v) in &sent {
         let Ok(record) = read_record(v, &index) else {
             continue;
         };
@@ -206,11 +204,7 @@ fn read_drafts<'k, 'v>(
             reference: reference.clone(),
             record,
         });
-        let original = match originals.get(i) {
-            Some(o) if paired => (*o).clone(),
-            _ => Value::from(v),
-        };
-        raw.push((reference, original));
+        raw.push((reference, (*original).clone()));
     }
     (drafts, raw)
 }
@@ -376,15 +370,14 @@ pub fn drafts_digest(
     req: &CdsRequest,
 ) -> Result<Option<String>, HookError> {
     let (service, ctx) = service_and_context(catalogue, service_id, req)?;
-    let drafts_json = draft_json(&ctx);
-    let drafts: Vec<&Json<'_>> = drafts_json.as_ref().map(resources).unwrap_or_default();
+    let drafts = drafts_of(&ctx);
     if drafts.is_empty() {
         return Ok(None);
     }
     if service.hook == "order-select"
         && let Some(sel) = ctx.selections.as_deref()
     {
-        let all_selected = drafts.iter().all(|d| {
+        let all_selected = drafts.iter().all(|(_, d)| {
             let reference = match (str_field(d, "resourceType"), str_field(d, "id")) {
                 (Some(t), Some(id)) => format!("{t}/{id}"),
                 _ => return false,
@@ -397,7 +390,7 @@ pub fn drafts_digest(
     }
     // serde_json keeps object keys sorted, so equal content serialises equally; the order of
     // the drafts does not matter.
-    let mut texts: Vec<String> = drafts.iter().map(|d| Value::from(*d).to_string()).collect();
+    let mut texts: Vec<String> = drafts.iter().map(|(d, _)| d.to_string()).collect();
     texts.sort();
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for t in &texts {
