@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_concurrent_requests: usize,
     pub drain_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub max_connections: usize,
     pub cors_origins: Vec<String>,
 }
 
@@ -123,6 +125,7 @@ impl Config {
         let srv = &self.server;
         if srv.max_body_bytes < 1024
             || srv.max_concurrent_requests == 0
+            || srv.max_connections == 0
             || srv.request_timeout_ms == 0
             || srv.header_read_timeout_ms == 0
         {

@@ -271,6 +271,8 @@ fn serve(file: Option<&std::path::Path>, listen: Option<std::net::SocketAddr>) -
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
+    // The configured limits, not the defaults: the server section is what hospital IT tunes.
+    let limits = offramp::http::Limits::from(&config.server);
     rt.block_on(async move {
         let state = match offramp::http::build_state(&config).await {
             Ok(s) => std::sync::Arc::new(s),
@@ -291,14 +293,7 @@ fn serve(file: Option<&std::path::Path>, listen: Option<std::net::SocketAddr>) -
             .local_addr()
             .map_or_else(|_| addr.to_string(), |a| a.to_string());
         tracing::info!(address = %bound, "listening");
-        match offramp::http::run(
-            listener,
-            state,
-            offramp::http::Limits::default(),
-            offramp::http::shutdown_signal(),
-        )
-        .await
-        {
+        match offramp::http::run(listener, state, limits, offramp::http::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("offramp: {e}");

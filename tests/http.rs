@@ -600,3 +600,73 @@ async fn the_committed_openapi_document_is_the_served_one() {
         assert!(served["paths"][p].is_object(), "{p} documented");
     }
 }
+
+/// A body that stops arriving is cut off like headers that do (408), not held until the request
+/// timeout.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    let app = spawn_app(Limits {
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let path = "/cds-services/offramp-order-sign";
+    let mut s = raw(&app).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"hoo\r\n",
+        app.base.trim_start_matches("http://"),
+        app.token(path)
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let t = std::time::Instant::now();
+    let got = read_some(&mut s, std::time::Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(got.contains("body_timeout"), "{got:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// On shutdown, /readyz turns 503 at once while requests are still served for the grace period
+/// (the load balancer's time to stop sending); then the listener closes.
+#[tokio::test]
+async fn shutdown_turns_readyz_503_and_keeps_serving_for_the_grace_period() {
+    let mut app = spawn_app(Limits {
+        shutdown_grace: std::time::Duration::from_millis(800),
+        ..Limits::default()
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    if let Some(stop) = app.stop.take() {
+        let _ = stop.send(());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // New connections are still taken during the grace period.
+    let fresh = reqwest::Client::new();
+    let r = fresh
+        .post(format!("{}/cds-services/offramp-order-sign", app.base))
+        .header("content-type", "application/json")
+        .header(
+            "authorization",
+            app.token("/cds-services/offramp-order-sign"),
+        )
+        .body(example("order-sign-opioid-with-benzo"))
+        .send()
+        .await
+        .expect("served during the grace period");
+    assert_eq!(r.status(), StatusCode::OK);
+    let done = tokio::time::timeout(std::time::Duration::from_secs(5), &mut app.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))));
+    assert!(
+        tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+            .await
+            .is_err(),
+        "the listener is closed after the grace period"
+    );
+}

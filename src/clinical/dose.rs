@@ -42,6 +42,13 @@ pub struct Amount {
 }
 
 impl Amount {
+    /// An amount to pass on: positive and finite. A product or sum of figures that are each
+    /// readable can overflow to infinity (1e308 tablets four times a day) or underflow to zero,
+    /// and neither is a dose anything can be computed from.
+    fn checked(value: f64, unit: DoseUnit) -> Option<Self> {
+        (value.is_finite() && value > 0.0).then_some(Amount { value, unit })
+    }
+
     /// Reads a FHIR Quantity (value + code/unit); mcg is turned into mg.
     pub fn from_quantity(q: Option<&Json>) -> Option<Self> {
         let q = q?;
@@ -153,10 +160,9 @@ fn max_per_day(d: &Json) -> Option<Amount> {
                 .unwrap_or("d");
             Some(v * unit_days(u)?)
         })?;
-        (days > 0.0).then(|| Amount {
-            value: n.value / days,
-            unit: n.unit,
-        })
+        (days > 0.0)
+            .then(|| Amount::checked(n.value / days, n.unit))
+            .flatten()
     })
 }
 
@@ -171,10 +177,7 @@ fn read_one(d: &Json) -> Dosage {
     let timing = d.get("timing");
     let per_day_count = timing.and_then(timing_per_day);
     let per_day = match (per_dose, per_day_count) {
-        (Some(a), Some(n)) if n > 0.0 => Some(Amount {
-            value: a.value * n,
-            unit: a.unit,
-        }),
+        (Some(a), Some(n)) if n > 0.0 => Amount::checked(a.value * n, a.unit),
         _ => None,
     };
     let repeat = timing.and_then(|t| t.get("repeat"));
@@ -214,17 +217,11 @@ pub fn read_dosage(v: Option<&Json>) -> Option<Dosage> {
     for d in it {
         acc.as_needed |= d.as_needed;
         acc.per_day = match (acc.per_day, d.per_day) {
-            (Some(a), Some(b)) if a.unit == b.unit => Some(Amount {
-                value: a.value + b.value,
-                unit: a.unit,
-            }),
+            (Some(a), Some(b)) if a.unit == b.unit => Amount::checked(a.value + b.value, a.unit),
             _ => None,
         };
         acc.max_per_day = match (acc.max_per_day, d.max_per_day) {
-            (Some(a), Some(b)) if a.unit == b.unit => Some(Amount {
-                value: a.value + b.value,
-                unit: a.unit,
-            }),
+            (Some(a), Some(b)) if a.unit == b.unit => Amount::checked(a.value + b.value, a.unit),
             (a, None) => a,
             _ => None,
         };
@@ -251,7 +248,7 @@ pub fn to_product_units(amount: Amount, med: &Medication) -> Option<f64> {
             let s = ing.strength?;
             match s.unit {
                 StrengthUnit::Mg | StrengthUnit::MgPerMl | StrengthUnit::MgPerActuation => {
-                    Some(amount.value / s.amount)
+                    Some(amount.value / s.amount).filter(|u| u.is_finite())
                 }
                 StrengthUnit::McgPerHr | StrengthUnit::MgPerMg => None,
             }
@@ -275,7 +272,8 @@ pub fn ingredient_rate(
     patches_worn: Option<f64>,
 ) -> Option<IngredientRate> {
     let s = med.ingredients.get(ingredient_index)?.strength?;
-    match (s.unit, per_day.unit) {
+    // A huge (yet finite) amount times a strength can overflow: no rate then.
+    let rate = match (s.unit, per_day.unit) {
         (StrengthUnit::McgPerHr, _) => Some(IngredientRate::McgPerHr(s.amount * patches_worn?)),
         (StrengthUnit::Mg | StrengthUnit::MgPerActuation, DoseUnit::Unit) => {
             Some(IngredientRate::MgPerDay(per_day.value * s.amount))
@@ -287,7 +285,10 @@ pub fn ingredient_rate(
             Some(IngredientRate::MgPerDay(per_day.value))
         }
         _ => None,
-    }
+    };
+    rate.filter(|r| match r {
+        IngredientRate::MgPerDay(x) | IngredientRate::McgPerHr(x) => x.is_finite(),
+    })
 }
 
 #[cfg(test)]
@@ -375,6 +376,49 @@ mod tests {
             {"sequence": 1, "timing": {"code": {"coding": [{"code": "BID"}]}}, "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "tablet"}}]}
         ]);
         assert_eq!(per_day(taper), Some((2.0, DoseUnit::Unit)));
+    }
+
+    /// Fuzzing (the invariants fuzz/fuzz_targets/dose.rs checks): figures that are each finite
+    /// multiplied or added up to an infinite (or zero) daily amount, which then gave infinite
+    /// exposure figures. Such an amount is now unknown, as an unreadable one is.
+    #[test]
+    fn overflowing_figures_are_unknown_not_infinite() {
+        let huge_frequency = json!({"timing": {"repeat": {"frequency": 1e308, "period": 1e-300, "periodUnit": "h"}},
+            "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "mg"}}]});
+        assert_eq!(per_day(huge_frequency), None);
+        let huge_dose = json!({"timing": {"code": {"coding": [{"code": "QID"}]}},
+            "doseAndRate": [{"doseQuantity": {"value": 1e308, "unit": "tablet"}}]});
+        assert_eq!(per_day(huge_dose), None);
+        let two_lines = json!([
+            {"timing": {"code": {"coding": [{"code": "QD"}]}}, "doseAndRate": [{"doseQuantity": {"value": 1.5e308, "unit": "tablet"}}]},
+            {"timing": {"code": {"coding": [{"code": "QD"}]}}, "doseAndRate": [{"doseQuantity": {"value": 1.5e308, "unit": "tablet"}}]}
+        ]);
+        assert_eq!(per_day(two_lines), None);
+        let max = json!({"asNeededBoolean": true, "maxDosePerPeriod": {"numerator": {"value": 1e308, "unit": "tablet"},
+            "denominator": {"value": 1e-310, "code": "d"}}});
+        assert_eq!(read_dosage(Some(&max)).and_then(|d| d.max_per_day), None);
+        let underflow = json!({"timing": {"repeat": {"frequency": 1e-300, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"doseQuantity": {"value": 1e-300, "unit": "tablet"}}]});
+        assert_eq!(per_day(underflow), None, "zero is not a daily amount");
+        let kb = crate::clinical::Knowledge::embedded().expect("kb");
+        let big = Amount {
+            value: f64::MAX,
+            unit: DoseUnit::Unit,
+        };
+        for med in kb.medications() {
+            for i in 0..med.ingredients.len() {
+                if let Some(IngredientRate::MgPerDay(x) | IngredientRate::McgPerHr(x)) =
+                    ingredient_rate(med, i, big, Some(f64::MAX))
+                {
+                    assert!(x.is_finite(), "{}", med.rxcui);
+                }
+            }
+            let mg = Amount {
+                value: f64::MAX,
+                unit: DoseUnit::Mg,
+            };
+            assert!(to_product_units(mg, med).is_none_or(f64::is_finite));
+        }
     }
 
     #[test]

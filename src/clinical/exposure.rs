@@ -230,7 +230,8 @@ fn cover<'k>(index: usize, r: &MedicationRecord, med: &'k Medication) -> Option<
     let as_needed = dosage.is_some_and(|d| d.as_needed);
     // PRN: the expected daily amount is what was supplied over the days it must last, not the max.
     let prn_per_day = match (as_needed, r.quantity, r.supply_days) {
-        (true, Some(q), Some(s)) if s > 0.0 => Some(Amount {
+        // A supply of a split second would give an infinite amount.
+        (true, Some(q), Some(s)) if s > 0.0 && (q.value / s).is_finite() => Some(Amount {
             value: q.value / s,
             unit: q.unit,
         }),
@@ -508,8 +509,13 @@ fn diazepam(kb: &Knowledge, current: &[CurrentUse]) -> Option<DiazepamExposure> 
         match (u.rate, kb.diazepam_equivalent(u.ingredient)) {
             (Some(Rate::MgPerDay(mg)), Some(eq)) => {
                 let (l, h) = eq.diazepam_range(mg);
-                low += l;
-                high += h;
+                // A figure too large to add up is as unknown as a missing one.
+                if (low + l).is_finite() && (high + h).is_finite() {
+                    low += l;
+                    high += h;
+                } else {
+                    incomplete.push(u.ingredient);
+                }
             }
             _ => incomplete.push(u.ingredient),
         }
@@ -544,8 +550,13 @@ fn mme(kb: &Knowledge, current: &[CurrentUse], covered: &[Covered<'_>]) -> Optio
             continue;
         };
         match u.rate {
-            Some(Rate::MgPerDay(v)) | Some(Rate::McgPerHr(v)) => total += v * factor.factor,
-            None => unknown_dose.push(u.ingredient),
+            Some(Rate::MgPerDay(v)) | Some(Rate::McgPerHr(v))
+                if (total + v * factor.factor).is_finite() =>
+            {
+                total += v * factor.factor
+            }
+            // None, or a figure too large to add up.
+            _ => unknown_dose.push(u.ingredient),
         }
     }
     for v in [&mut without_factor, &mut unknown_dose] {
@@ -563,4 +574,74 @@ fn mme(kb: &Knowledge, current: &[CurrentUse], covered: &[Covered<'_>]) -> Optio
 pub fn add_days(d: NaiveDate, n: u32) -> NaiveDate {
     d.checked_add_days(Days::new(u64::from(n)))
         .unwrap_or(NaiveDate::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clinical::history::read_history;
+    use crate::clinical::json::Json;
+
+    fn dispense(rxcui: &str, per_dose: f64, extra: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "resourceType": "MedicationDispense", "status": "completed",
+            "medicationCodeableConcept": {"coding": [
+                {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": rxcui}]},
+            "whenHandedOver": "2026-11-20", "quantity": {"value": 30, "unit": "tablet"},
+            "daysSupply": {"value": 30, "unit": "d"},
+            "dosageInstruction": [{"timing": {"code": {"coding": [{"code": "QD"}]}},
+                "doseAndRate": [{"doseQuantity": {"value": per_dose, "unit": "tablet"}}]}]
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        v
+    }
+
+    /// Fuzzing (the invariants fuzz/fuzz_targets/history.rs checks): readable but absurd figures
+    /// (a huge dose, a supply lasting a split second) gave infinite rates and infinite diazepam
+    /// and MME totals, shown on cards as "inf". Such a figure is now unknown, as a missing one is.
+    #[test]
+    fn overflowing_figures_are_unknown_not_infinite() {
+        let kb = Knowledge::embedded().expect("kb");
+        let bundle = serde_json::json!([
+            // lorazepam 1 mg: 1e308 mg/day is finite, its diazepam figure is not.
+            dispense("197901", 1e308, serde_json::json!({})),
+            // alprazolam 0.5 mg, as needed, 60 tablets to last 1e-300 days.
+            dispense(
+                "308048",
+                1.0,
+                serde_json::json!({
+                "dosageInstruction": [{"asNeededBoolean": true}],
+                "quantity": {"value": 60, "unit": "tablet"},
+                "daysSupply": {"value": 1e-300, "unit": "d"}})
+            ),
+            // oxycodone 5 mg: 1.5e308 mg/day is finite, its MME is not.
+            dispense("1049621", 3e307, serde_json::json!({})),
+        ]);
+        let json = Json::from(&bundle);
+        let h = read_history(&[&json]);
+        assert_eq!(h.records.len(), 3);
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).expect("date");
+        let exp = exposure(
+            &kb,
+            &h.records,
+            today,
+            &ExposureParams::from_thresholds(kb.thresholds()),
+        );
+        for u in &exp.current {
+            if let Some(Rate::MgPerDay(x) | Rate::McgPerHr(x)) = u.rate {
+                assert!(x.is_finite(), "{u:?}");
+            }
+        }
+        let dz = exp.diazepam.expect("a BZRA is in use");
+        assert!(dz.low.0.is_finite() && dz.high.0.is_finite(), "{dz:?}");
+        assert!(
+            !dz.incomplete.is_empty(),
+            "the unusable figures are unknown"
+        );
+        let mme = exp.mme.expect("an opioid is in use");
+        assert!(mme.total.0.is_finite(), "{mme:?}");
+        assert!(!mme.unknown_dose.is_empty());
+    }
 }

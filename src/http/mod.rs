@@ -19,6 +19,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub mod conns;
+
 /// Everything a request needs, built once at start.
 pub struct AppState {
     pub kb: Knowledge,
@@ -42,6 +44,8 @@ pub struct AppState {
     /// bulk of a request's memory; without a bound, requests waiting on Redis each hold one and
     /// the working set outgrows the caches (docs/benchmarks.md).
     pub cpu_slots: Arc<tokio::sync::Semaphore>,
+    /// Set on shutdown: /readyz answers 503 so load balancers stop sending.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Two slots a core: one computing while the other waits on a store round trip.
@@ -93,6 +97,11 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// On shutdown, /readyz answers 503 this long while requests are still taken, so a load
+    /// balancer stops sending before the listener closes.
+    pub shutdown_grace: Duration,
+    /// Open connections beyond this wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
     pub cors_origins: Vec<String>,
 }
 
@@ -105,6 +114,8 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_concurrent_requests: 256,
             drain_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::ZERO,
+            max_connections: 1024,
             cors_origins: vec!["*".into()],
         }
     }
@@ -119,6 +130,8 @@ impl From<&crate::config::ServerConfig> for Limits {
             max_header_bytes: c.max_header_bytes,
             max_concurrent_requests: c.max_concurrent_requests,
             drain_timeout: Duration::from_millis(c.drain_timeout_ms),
+            shutdown_grace: Duration::from_millis(c.shutdown_grace_ms),
+            max_connections: c.max_connections,
             cors_origins: c.cors_origins.clone(),
         }
     }
@@ -201,6 +214,7 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         }
     };
     let x_request_id = header::HeaderName::from_static("x-request-id");
+    let body_idle = limits.header_read_timeout;
     Router::new()
         .route("/cds-services", get(discovery))
         .route("/cds-services/{id}", post(hook))
@@ -216,6 +230,11 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        // A client that stops sending its body is cut off like one that stops sending its
+        // headers (408), instead of holding a slot until the request timeout.
+        .layer(axum::middleware::map_request(move |req: axum::extract::Request| async move {
+            req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_idle, b)))
+        }))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -309,13 +328,23 @@ async fn discovery(State(s): State<Arc<AppState>>) -> Json<Discovery> {
     Json(s.catalogue.clone())
 }
 
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Knowledge loaded and store reachable")))]
-async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Knowledge loaded; the store's health is reported (degraded still serves)"),
+    (status = 503, description = "Shutting down: send no new requests")))]
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    if s.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
+    }
     // Degraded still serves hooks (they fail toward showing cards), so it stays ready.
     Json(
         json!({"status": "ready", "knowledge": s.kb.summary().medications,
         "store": s.store.kind(), "store_health": s.store.health().await}),
     )
+    .into_response()
 }
 
 /// The process-wide Prometheus recorder, installed on first use (one per process: tests start
@@ -500,11 +529,29 @@ fn refusal<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> ApiError {
     }
 }
 
+/// The body read failed because the client stopped sending (the body idle timeout).
+fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn body_or_error(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if stalled(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body stopped arriving before it was complete",
+            )
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -527,9 +574,11 @@ fn body_or_error(
     responses(
         (status = 200, description = "Cards (possibly none)", body = crate::protocol::CdsResponse),
         (status = 400, description = "Malformed JSON or a field of the wrong type", body = ErrorBody),
-        (status = 401, description = "Missing or invalid JWT (bare, with WWW-Authenticate)"),
+        (status = 401, description = "Missing or invalid JWT (bare, with WWW-Authenticate)",
+            headers(("WWW-Authenticate" = String, description = "Bearer realm=\"offramp\""))),
         (status = 404, description = "Unknown service", body = ErrorBody),
         (status = 412, description = "A medication order needs the history, and none was prefetched or could be fetched from fhirServer", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "Well-formed but against the spec (hook does not match the service)", body = ErrorBody),
@@ -714,8 +763,10 @@ fn record_fetch(service: &str, r: &crate::fhir::Report) {
     responses(
         (status = 200, description = "Stored"),
         (status = 400, description = "Invalid feedback", body = ErrorBody),
-        (status = 401, description = "Missing or invalid JWT"),
+        (status = 401, description = "Missing or invalid JWT (bare, with WWW-Authenticate)",
+            headers(("WWW-Authenticate" = String, description = "Bearer realm=\"offramp\""))),
         (status = 404, description = "Unknown service", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 503, description = "Not stored (store unavailable): retry", body = ErrorBody),
@@ -757,7 +808,8 @@ fn sha256(b: &[u8]) -> Vec<u8> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Cards shown, accepted and overridden per rule and per prescriber, across replicas", body = crate::store::stats::Stats),
-        (status = 401, description = "Missing or wrong admin token"),
+        (status = 401, description = "Missing or wrong admin token (bare, with WWW-Authenticate)",
+            headers(("WWW-Authenticate" = String, description = "Bearer realm=\"offramp\""))),
         (status = 404, description = "No admin token configured: admin endpoints are off", body = ErrorBody),
         (status = 503, description = "The store cannot be read now", body = ErrorBody),
     ))]
@@ -826,12 +878,14 @@ pub async fn build_state(config: &crate::config::Config) -> Result<AppState, Str
         hasher,
         admin_token,
         cpu_slots: cpu_slots(),
+        draining: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
-/// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish
-/// (for at most `drain_timeout`). Connections are served by hyper directly so header size and
-/// header read time are bounded.
+/// Serves until `shutdown` completes; then /readyz turns 503 while requests are still served for
+/// `shutdown_grace`, the listener closes and in-flight requests get `drain_timeout` to finish.
+/// Connections are served by hyper directly so header size and header read time are bounded, and
+/// at most `max_connections` are open at once (see [`conns`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -839,39 +893,62 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use tower::Service;
-    let app = router(state, &limits);
+    let app = router(state.clone(), &limits);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = conns::Connections::new(limits.max_connections);
+    let shutdown = async move {
+        shutdown.await;
+        state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(limits.shutdown_grace).await;
+    };
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let app = app.clone();
-                let svc = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
-                    app.clone().call(req)
-                });
-                let conn = graceful.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
-        }
+        };
+        // One accepted connection at most waits here for a slot; the rest stay in the kernel's
+        // backlog.
+        let guard = tokio::select! {
+            g = connections.admit() => match g {
+                Some(g) => g,
+                None => continue,
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let seen = guard.conn();
+        let svc =
+            hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                seen.proven();
+                app.clone().call(req)
+            });
+        let conn =
+            graceful.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = guard.evicted() => tracing::debug!("connection closed to make room"),
+            }
+            drop(guard);
+        });
     }
     drop(listener);
     tokio::select! {

@@ -6,6 +6,48 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 
+/// A request's objects are read from JSON objects only. serde's derived `Deserialize` also fills a
+/// struct from a JSON array, by position, so `"overrideReason": [null, null]` would read as an
+/// empty reason and a whole feedback item could arrive as a list: a body against the documented
+/// schema, accepted. Each request type derives with `#[serde(remote = "Self")]` (the derive then
+/// makes inherent `deserialize`/`serialize` functions) and this gives the trait impls, the
+/// deserializing one through [`ObjectOnly`].
+macro_rules! objects_only {
+    ($t:ident $(<$l:lifetime>)?) => {
+        impl<'de $(: $l, $l)?> Deserialize<'de> for $t $(<$l>)? {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $t::deserialize(ObjectOnly(d))
+            }
+        }
+    };
+    ($t:ident, serialize) => {
+        objects_only!($t);
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $t::serialize(self, s)
+            }
+        }
+    };
+}
+
+/// Hands a derived struct visitor to `deserialize_map`, which takes a JSON object and refuses
+/// anything else (an array included) with serde's usual "invalid type" error.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier
+        ignored_any
+    }
+}
+
 /// A card summary: at most 140 characters, checked at construction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
@@ -58,21 +100,26 @@ impl fmt::Display for Summary {
 /// The hook call. `context` and `prefetch` stay JSON: each piece is read leniently later. The
 /// prefetch borrows its strings from the body it was parsed from (see [`Json`]).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct CdsRequest<'a> {
+    /// The hook of the service called (its `hook` in the discovery document); any other is 422.
+    #[schema(value_type = HookName)]
     pub hook: String,
     pub hook_instance: String,
     #[serde(default)]
     pub fhir_server: Option<String>,
     #[serde(default)]
     pub fhir_authorization: Option<FhirAuthorization>,
-    #[schema(value_type = Object)]
+    /// Read as [`OrderContext`] (400 when it is not one); other fields are ignored.
+    #[schema(value_type = OrderContext)]
     pub context: Map<String, Value>,
     /// An object (checked when parsed), or absent.
     #[serde(default, borrow, deserialize_with = "object_or_null")]
     #[schema(value_type = Option<Object>)]
     pub prefetch: Option<Json<'a>>,
 }
+
+objects_only!(CdsRequest<'a>);
 
 impl CdsRequest<'_> {
     /// The same request, owning its data (to outlive the body it was read from).
@@ -109,16 +156,34 @@ fn object_or_null<'de: 'a, 'a, D: serde::Deserializer<'de>>(
 
 /// fhirAuthorization; `Debug` never shows the token.
 #[derive(Clone, Deserialize, utoipa::ToSchema)]
+#[serde(remote = "Self")]
 pub struct FhirAuthorization {
     pub access_token: String,
     pub token_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     pub expires_in: Option<u64>,
     #[serde(default)]
     pub scope: Option<String>,
     pub subject: String,
     #[serde(default)]
     pub patient: Option<String>,
+}
+
+objects_only!(FhirAuthorization);
+
+/// A count of seconds as JSON Schema's "integer" reads it: 990.0 is one too (an EHR's JSON
+/// library may write it so); a fraction or a negative is refused.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom("not a whole number of seconds")),
+    }
 }
 
 impl fmt::Debug for FhirAuthorization {
@@ -131,6 +196,15 @@ impl fmt::Debug for FhirAuthorization {
     }
 }
 
+/// The hooks the services handle (documentation only: `CdsRequest::hook` is read as a string, so
+/// another hook gets 422 rather than 400).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
+pub enum HookName {
+    OrderSelect,
+    OrderSign,
+}
+
 /// order-select and order-sign context (order-sign has no selections).
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -141,9 +215,10 @@ pub struct OrderContext {
     pub encounter_id: Option<String>,
     #[serde(default)]
     pub selections: Option<Vec<String>>,
-    /// A Bundle; absent when a client re-fires the hook with nothing drafted.
+    /// A Bundle; absent when a client re-fires the hook with nothing drafted. Read leniently: a
+    /// list of resources or a lone resource is read too, and any other value holds no drafts.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub draft_orders: Option<Value>,
 }
 
@@ -239,6 +314,7 @@ pub struct Action {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[serde(remote = "Self")]
 pub struct Coding {
     pub system: String,
     pub code: String,
@@ -265,6 +341,7 @@ pub struct Link {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(remote = "Self")]
 pub struct FeedbackRequest {
     pub feedback: Vec<Feedback>,
 }
@@ -287,7 +364,7 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct Feedback {
     pub card: String,
     pub outcome: Outcome,
@@ -299,18 +376,25 @@ pub struct Feedback {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(remote = "Self")]
 pub struct AcceptedSuggestion {
     pub id: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 pub struct OverrideReason {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Coding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_comment: Option<String>,
 }
+
+objects_only!(FeedbackRequest, serialize);
+objects_only!(Feedback, serialize);
+objects_only!(AcceptedSuggestion, serialize);
+objects_only!(OverrideReason, serialize);
+objects_only!(Coding, serialize);
 
 /// GET /cds-services, as served from cds-hooks/services.json.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
@@ -414,6 +498,54 @@ pub fn prefetch_state(v: Option<&Json>) -> PrefetchState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_objects_are_not_read_from_arrays() {
+        use super::{CdsRequest, Coding, FeedbackRequest};
+        let ok = r#"{"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "t",
+            "overrideReason": {"reason": {"system": "s", "code": "x"}}, "acceptedSuggestions": []}]}"#;
+        let fb: FeedbackRequest = serde_json::from_str(ok).expect("objects");
+        assert_eq!(
+            serde_json::to_value(&fb).expect("serialises")["feedback"][0]["overrideReason"]["reason"]
+                ["code"],
+            "x"
+        );
+        for bad in [
+            r#"{"feedback": [{"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "overrideReason": [null, null]}]}"#,
+            r#"{"feedback": [["c", "accepted", [], null, "t"]]}"#,
+            r#"{"feedback": [{"card": "c", "outcome": "accepted", "outcomeTimestamp": "t", "acceptedSuggestions": [["a"]]}]}"#,
+            r#"[[]]"#,
+        ] {
+            assert!(
+                serde_json::from_str::<FeedbackRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_json::from_str::<Coding>(r#"["s", "c"]"#).is_err());
+        let auth = |expires: &str| {
+            serde_json::from_str::<super::FhirAuthorization>(&format!(
+                r#"{{"access_token": "t", "token_type": "Bearer", "subject": "s", "expires_in": {expires}}}"#
+            ))
+            .map(|a| a.expires_in)
+        };
+        assert_eq!(auth("990").ok(), Some(Some(990)));
+        assert_eq!(auth("990.0").ok(), Some(Some(990)), "JSON Schema's integer");
+        assert_eq!(auth("null").ok(), Some(None));
+        for bad in ["990.5", "-1", "-1.0", "1e300", "\"990\""] {
+            assert!(auth(bad).is_err(), "{bad}");
+        }
+        assert!(
+            serde_json::from_str::<CdsRequest>(r#"["order-sign", "i", null, null, {}, null]"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<CdsRequest>(
+                r#"{"hook": "order-sign", "hookInstance": "i", "context": {},
+                "fhirAuthorization": ["t", "Bearer", 1, null, "s", null]}"#
+            )
+            .is_err()
+        );
+    }
+
     #[test]
     fn prefetch_states() {
         use super::{PrefetchState::*, prefetch_state};

@@ -88,13 +88,19 @@ fn tokens(dir: &Path, alg: &str, n: usize, aud: &str, out: &Path) -> Result<()> 
     };
     let key = encoding_key(dir, alg)?;
     let now = chrono::Utc::now().timestamp();
-    // Unique across runs of the same server too.
-    let run = chrono::Utc::now().timestamp_micros();
+    // Unique across runs of the same server too, and across runs started in the same
+    // microsecond (the reliability suite mints for several audiences at once).
+    let run = format!(
+        "{}-{}",
+        chrono::Utc::now().timestamp_micros(),
+        std::process::id()
+    );
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunks: Vec<Result<Vec<String>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let key = &key;
+                let run = &run;
                 s.spawn(move || {
                     let mut header = Header::new(alg);
                     header.kid = Some(kid(alg).into());
