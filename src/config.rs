@@ -38,6 +38,8 @@ pub struct Config {
     pub store: crate::store::StoreSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    #[serde(default)]
+    pub audit: crate::audit::AuditSettings,
     /// A deployment's own knowledge tables instead of the built-in ones.
     #[serde(default)]
     pub knowledge_dir: Option<PathBuf>,
@@ -166,6 +168,7 @@ impl Config {
                 "admin.token must have at least 32 characters".into(),
             ));
         }
+        self.audit.output().map_err(ConfigError::Invalid)?;
         if self.auth.leeway_seconds > 300 {
             return Err(ConfigError::Invalid(
                 "auth.leeway_seconds above 300 is not a leeway".into(),

@@ -4,6 +4,7 @@
 //! `clinical` is the pure core (knowledge base, medication resolution, dose, exposure); the
 //! service layers of ../shared/docs/architecture.md (http, auth, hooks, fhir, store) build on it.
 
+pub mod audit;
 pub mod auth;
 pub mod cards;
 pub mod clinical;

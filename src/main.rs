@@ -242,29 +242,14 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn serve(file: Option<&std::path::Path>, listen: Option<std::net::SocketAddr>) -> ExitCode {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // HTTP client and server crates log URLs at debug, and FHIR URLs hold patient ids: capped
-    // whatever RUST_LOG says.
-    for d in [
-        "reqwest=info",
-        "hyper=info",
-        "hyper_util=info",
-        "h2=info",
-        "rustls=info",
-    ] {
-        if let Ok(d) = d.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .init();
     let config = match load_config(file) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(e) = offramp::audit::init_logging(&config.audit) {
+        eprintln!("offramp: logging: {e}");
+        return ExitCode::from(2);
+    }
     for w in config.warnings() {
         tracing::warn!("{w}");
     }

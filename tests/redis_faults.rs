@@ -271,6 +271,7 @@ async fn killing_redis_under_load_loses_no_acknowledged_feedback_and_no_hook_cal
         while down.elapsed() < MIN_DOWN || done() < HOOKS / 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let metrics_down = app.get("/metrics").await.text().await.expect("metrics");
         redis = tokio::task::spawn_blocking(move || {
             redis.restart();
             redis
@@ -283,12 +284,40 @@ async fn killing_redis_under_load_loses_no_acknowledged_feedback_and_no_hook_cal
         while let Some(r) = workers.join_next().await {
             report.add(r.expect("worker"));
         }
-        (redis, report, killed_at, down_for)
+        let metrics_after = app.get("/metrics").await.text().await.expect("metrics");
+        (
+            redis,
+            report,
+            killed_at,
+            down_for,
+            [metrics_down, metrics_after],
+        )
     };
-    let (redis, report, killed_at, down_for) = tokio::time::timeout(OVERALL, run)
-        .await
-        .expect("the fault test finishes within its time bound");
+    let (redis, report, killed_at, down_for, [metrics_down, metrics_after]) =
+        tokio::time::timeout(OVERALL, run)
+            .await
+            .expect("the fault test finishes within its time bound");
     let duration = start.elapsed();
+    // What an operator's dashboard showed: Redis down and the breaker open while it was dead,
+    // both back once it was restarted and answered.
+    let gauge = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        gauge(&metrics_down, "offramp_redis_up"),
+        Some(0.0),
+        "{metrics_down}"
+    );
+    assert_eq!(
+        gauge(&metrics_down, "offramp_redis_breaker_open"),
+        Some(1.0)
+    );
+    assert_eq!(gauge(&metrics_after, "offramp_redis_up"), Some(1.0));
+    assert_eq!(
+        gauge(&metrics_after, "offramp_redis_breaker_open"),
+        Some(0.0)
+    );
 
     let stored = stream_entries(&redis, &stream).await;
     let missing: Vec<&Key> = report

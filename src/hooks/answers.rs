@@ -71,18 +71,17 @@ impl Answers<'_> {
         }
     }
 
-    /// Drops the cards whose rule is quiet for the patient; how many. A store failure keeps
-    /// every card.
+    /// Drops the cards whose rule is quiet for the patient; the rules dropped. A store failure
+    /// keeps every card.
     pub async fn drop_quiet(
         &self,
         patient: &str,
         prescriber: Option<&str>,
         shown: &mut ShownCards,
         now: i64,
-    ) -> usize {
-        let before = shown.cards.len();
-        if before == 0 {
-            return 0;
+    ) -> Vec<String> {
+        if shown.cards.is_empty() {
+            return Vec::new();
         }
         let rules: Vec<&str> = shown.shown.iter().map(|s| s.rule.as_str()).collect();
         let snoozes = match self.store.snoozes(patient, &rules).await {
@@ -90,7 +89,7 @@ impl Answers<'_> {
             Err(e) => {
                 tracing::warn!(error = %e, "snoozes unreadable; every card shown");
                 metrics::counter!("offramp_snooze_read_errors_total").increment(1);
-                return 0;
+                return Vec::new();
             }
         };
         let keep: Vec<bool> = snoozes
@@ -113,11 +112,17 @@ impl Answers<'_> {
         let pairs = std::mem::take(&mut shown.cards)
             .into_iter()
             .zip(std::mem::take(&mut shown.shown));
+        let mut dropped = Vec::new();
         (shown.cards, shown.shown) = pairs
             .zip(keep.into_iter().chain(std::iter::repeat(true)))
-            .filter_map(|(pair, keep)| keep.then_some(pair))
+            .filter_map(|(pair, keep)| {
+                if !keep {
+                    dropped.push(pair.1.rule.clone());
+                }
+                keep.then_some(pair)
+            })
             .unzip();
-        before - shown.cards.len()
+        dropped
     }
 
     /// Remembers the cards being shown, so their feedback can be attributed and counted.
@@ -138,9 +143,10 @@ impl Answers<'_> {
                 )
             })
             .collect();
-        for s in &shown.shown {
-            metrics::counter!("offramp_cards_shown_total", "rule" => rule_label(&s.rule))
-                .increment(1);
+        for (c, s) in shown.cards.iter().zip(&shown.shown) {
+            metrics::counter!("offramp_cards_shown_total", "rule" => rule_label(&s.rule),
+                "indicator" => c.indicator.as_str())
+            .increment(1);
         }
         let ttl = Duration::from_secs(u64::from(self.settings.card_log_days) * DAY as u64);
         if let Err(e) = self.store.note_cards(&notes, ttl).await {
@@ -182,6 +188,16 @@ impl Answers<'_> {
                     }],
                 )
                 .await?;
+            crate::audit::feedback(&crate::audit::FeedbackEvent {
+                service,
+                card: &fb.card,
+                rule,
+                outcome: fb.outcome.as_str(),
+                override_reason: offered_reason(fb),
+                patient: note.as_ref().map_or("", |n| n.patient.as_str()),
+                prescriber,
+                new: stored.new > 0,
+            });
             if stored.new > 0 {
                 metrics::counter!("offramp_card_feedback_total", "rule" => rule_label(rule),
                     "outcome" => fb.outcome.as_str())

@@ -215,6 +215,12 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
     };
     let x_request_id = header::HeaderName::from_static("x-request-id");
     let body_idle = limits.header_read_timeout;
+    let services: Arc<[String]> = state
+        .catalogue
+        .services
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
     Router::new()
         .route("/cds-services", get(discovery))
         .route("/cds-services/{id}", post(hook))
@@ -245,6 +251,8 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests)),
         )
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.request_timeout))
+        // Outside the timeout and the load shedding, so their 503s are counted too.
+        .layer(axum::middleware::from_fn_with_state(services, count_request))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             // The path only: no query, no headers, no body (no PHI, no tokens).
@@ -261,6 +269,61 @@ pub fn router(state: Arc<AppState>, limits: &Limits) -> Router {
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .layer(cors)
         .with_state(state)
+}
+
+/// Counts every answer by route, service and status, and times it. Labels come from bounded
+/// sets: the route table, the catalogue's service ids ("" elsewhere, "unknown" for others).
+async fn count_request(
+    State(services): State<Arc<[String]>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| route_label(m.as_str()));
+    let service = req
+        .uri()
+        .path()
+        .strip_prefix("/cds-services/")
+        .map_or("", |rest| {
+            let id = rest.split('/').next().unwrap_or("");
+            services
+                .iter()
+                .find(|s| s.as_str() == id)
+                .map_or("unknown", String::as_str)
+        })
+        .to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("offramp_http_requests_total",
+        "route" => route, "service" => service.clone(), "status" => status)
+    .increment(1);
+    metrics::histogram!("offramp_http_request_duration_seconds",
+        "route" => route, "service" => service)
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The route template as a static label.
+fn route_label(matched: &str) -> &'static str {
+    const ROUTES: [&str; 9] = [
+        "/cds-services",
+        "/cds-services/{id}",
+        "/cds-services/{id}/feedback",
+        "/calendar/{id}",
+        "/healthz",
+        "/openapi.json",
+        "/readyz",
+        "/metrics",
+        "/admin/stats",
+    ];
+    ROUTES
+        .iter()
+        .find(|r| **r == matched)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// The OpenAPI 3 document of this API (also committed as openapi.json).
@@ -368,6 +431,7 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; its metrics are then its own.
         let _ = metrics::set_global_recorder(recorder);
+        metrics::gauge!("offramp_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
 }
@@ -438,16 +502,25 @@ fn expected_aud(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Option<String> 
     crate::auth::aud::expected(s.public_base_url.as_deref(), "http", host, uri.path())
 }
 
-async fn authenticate(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Principal, ApiError> {
-    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "");
-    let aud = expected_aud(s, headers, uri).ok_or_else(unauthorized)?;
+async fn authenticate(
+    s: &AppState,
+    service: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Principal, ApiError> {
+    let refused = |reason: &'static str| {
+        metrics::counter!("offramp_auth_failures_total", "reason" => reason).increment(1);
+        crate::audit::auth_failure(service, reason);
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "")
+    };
+    let aud = expected_aud(s, headers, uri).ok_or_else(|| refused("no_audience"))?;
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     s.verifier
         .verify(authorization, &aud, now())
         .await
-        .map_err(|_| unauthorized())
+        .map_err(|e| refused(e.reason()))
 }
 
 /// What every POST shares, in order: a known service (404), a valid token (401), a JSON
@@ -466,7 +539,7 @@ async fn admit(
             format!("no service with id {id:?}"),
         ));
     }
-    let principal = authenticate(s, headers, uri).await?;
+    let principal = authenticate(s, id, headers, uri).await?;
     require_json(headers)?;
     Ok((principal, body_or_error(body)?))
 }
@@ -641,21 +714,27 @@ async fn hook(
         _ => None,
     };
     let reused_run_ahead = reused.is_some();
-    let mut shown = match reused {
+    let (mut shown, data, suppressed) = match reused {
         Some(r) => {
             req.prefetch = None;
             drop(cpu.take());
-            r
+            (r, "complete", Vec::new())
         }
         None => {
-            let (fresh, complete) =
-                evaluate_fresh(&s, &id, &mut req, &headers, needs, today, &mut cpu).await?;
+            let fresh = evaluate_fresh(&s, &id, &mut req, &headers, needs, today, &mut cpu).await?;
             // Only a result from the whole record is reused: one made while data was missing
             // may lack cards a complete record gives.
-            if let (Some(key), "order-select", true) = (&run_ahead, req.hook.as_str(), complete) {
-                answers.keep_run_ahead(&patient_id, key, &fresh).await;
+            if let (Some(key), "order-select", true) =
+                (&run_ahead, req.hook.as_str(), fresh.complete)
+            {
+                answers.keep_run_ahead(&patient_id, key, &fresh.shown).await;
             }
-            fresh
+            let data = match (needs, fresh.complete) {
+                (false, _) => "not-needed",
+                (true, true) => "complete",
+                (true, false) => "partial",
+            };
+            (fresh.shown, data, fresh.suppressed)
         }
     };
     let quiet = answers
@@ -665,8 +744,25 @@ async fn hook(
         .note_shown(&patient, prescriber.as_deref(), &shown)
         .await;
     let rules: Vec<&str> = shown.shown.iter().map(|x| x.rule.as_str()).collect();
+    let cards: Vec<&str> = shown.cards.iter().map(|c| c.uuid.as_str()).collect();
+    let quiet: Vec<&str> = quiet.iter().map(String::as_str).collect();
     tracing::info!(service = %id, hook = %req.hook, cards = shown.cards.len(), rules = ?rules,
-        quiet, run_ahead = reused_run_ahead, "evaluated");
+        quiet = quiet.len(), run_ahead = reused_run_ahead, "evaluated");
+    crate::audit::decision(&crate::audit::Decision {
+        service: &id,
+        hook: &req.hook,
+        hook_instance: &req.hook_instance,
+        issuer: &principal.iss,
+        tenant: principal.tenant.as_deref(),
+        patient: &patient,
+        prescriber: prescriber.as_deref(),
+        rules: &rules,
+        cards: &cards,
+        quiet: &quiet,
+        suppressed: &suppressed,
+        run_ahead: reused_run_ahead,
+        data,
+    });
     Ok(Json(CdsResponse {
         cards: shown.cards,
         system_actions: vec![],
@@ -688,7 +784,7 @@ async fn evaluate_fresh(
     needs: bool,
     today: chrono::NaiveDate,
     cpu: &mut Slot,
-) -> Result<(ShownCards, bool), ApiError> {
+) -> Result<Fresh, ApiError> {
     let report = if needs && let Some(service) = s.catalogue.service(id) {
         // A fetch waits on the network: it holds no CPU slot meanwhile.
         let fetching = req.fhir_server.is_some();
@@ -728,11 +824,33 @@ async fn evaluate_fresh(
         // The cards are still right; only the printable page is missing.
         tracing::warn!(error = %e, "calendar not stored");
     }
-    let shown = ShownCards {
-        cards: out.response.cards,
-        shown: out.shown,
-    };
-    Ok((shown, out.complete))
+    let suppressed = out
+        .evaluation
+        .suppressed
+        .iter()
+        .map(|q| {
+            metrics::counter!("offramp_rules_suppressed_total", "rule" => q.rule, "reason" => q.reason)
+                .increment(1);
+            format!("{}: {}", q.rule, q.reason)
+        })
+        .collect();
+    Ok(Fresh {
+        shown: ShownCards {
+            cards: out.response.cards,
+            shown: out.shown,
+        },
+        complete: out.complete,
+        suppressed,
+    })
+}
+
+/// A result computed for this request.
+struct Fresh {
+    shown: ShownCards,
+    /// Nothing of the record was missing or partial.
+    complete: bool,
+    /// Rules kept quiet by an exclusion or missing data, "rule: reason".
+    suppressed: Vec<String>,
 }
 
 /// Logs and counts how each piece of the record was had; never the URL (it holds the patient id)
@@ -746,6 +864,7 @@ fn record_fetch(service: &str, r: &crate::fhir::Report) {
         }
     }
     if r.requests > 0 {
+        metrics::counter!("offramp_fhir_requests_total").increment(r.requests as u64);
         metrics::histogram!("offramp_fhir_fetch_seconds").record(r.elapsed.as_secs_f64());
         tracing::info!(
             service,
@@ -833,6 +952,8 @@ async fn admin_stats(
         aws_lc_rs::constant_time::verify_slices_are_equal(&sha256(g.as_bytes()), expected).is_ok()
     });
     if !ok {
+        metrics::counter!("offramp_auth_failures_total", "reason" => "admin_token").increment(1);
+        crate::audit::auth_failure("admin", "admin_token");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", ""));
     }
     let counts = s.store.counts().await.map_err(|e| {

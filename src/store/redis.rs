@@ -195,7 +195,7 @@ impl RedisStore {
         }
         // The manager's own timeout covers a command; this one also covers a reconnect.
         let budget = Duration::from_millis(self.settings.response_timeout_ms) * 2;
-        match tokio::time::timeout(budget, f(self.conn.clone())).await {
+        let result = match tokio::time::timeout(budget, f(self.conn.clone())).await {
             Ok(Ok(v)) => {
                 self.breaker.success();
                 Ok(v)
@@ -210,7 +210,15 @@ impl RedisStore {
                 metrics::counter!("offramp_redis_errors_total", "kind" => "timeout").increment(1);
                 Err(StoreError::Unavailable("redis: timeout".into()))
             }
-        }
+        };
+        // The state as of the last call; the breaker's gauge stays 1 while it refuses calls.
+        metrics::gauge!("offramp_redis_up").set(if result.is_ok() { 1.0 } else { 0.0 });
+        metrics::gauge!("offramp_redis_breaker_open").set(if self.breaker.is_open() {
+            1.0
+        } else {
+            0.0
+        });
+        result
     }
 
     /// Records `key` until `expires_at` (unix seconds); Ok(false) if it was already there.

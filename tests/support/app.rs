@@ -73,6 +73,7 @@ pub async fn spawn_app_with(setup: Setup) -> App {
         admin: offramp::config::AdminSettings {
             token: offramp::store::Secret(setup.admin_token),
         },
+        audit: offramp::audit::AuditSettings::default(),
         knowledge_dir: None,
     };
     let mut state = build_state(&config).await.expect("state");
