@@ -236,4 +236,7 @@ async fn audit_and_metrics_follow_decisions_feedback_and_refusals() {
         ),
         Some(1.0)
     );
+    let rss = metric(&m, "process_resident_memory_bytes", &[]).expect("process metrics");
+    assert!(rss > 1e6, "{rss}");
+    assert!(metric(&m, "process_open_fds", &[]).is_some_and(|n| n > 2.0));
 }

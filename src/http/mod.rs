@@ -432,6 +432,7 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
         // Fails only if another recorder was installed first; its metrics are then its own.
         let _ = metrics::set_global_recorder(recorder);
         metrics::gauge!("offramp_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        process_metrics().describe();
         handle
     })
 }
@@ -439,11 +440,20 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
 /// Prometheus text exposition: counts and latencies, no patient data, no ids.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics_text() -> Response {
+    let handle = metrics_handle();
+    // Memory, CPU, threads and file descriptors, read at each scrape (a few /proc reads).
+    process_metrics().collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics_handle().render(),
+        handle.render(),
     )
         .into_response()
+}
+
+/// The standard process_* series (process_resident_memory_bytes, process_open_fds, ...).
+fn process_metrics() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 fn now() -> i64 {
