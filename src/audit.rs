@@ -193,12 +193,7 @@ mod tests {
 
     #[test]
     fn outputs_are_named_or_a_path() {
-        let out = |s: &str| {
-            AuditSettings {
-                output: s.into(),
-            }
-            .output()
-        };
+        let out = |s: &str| AuditSettings { output: s.into() }.output();
         assert_eq!(out("stdout"), Ok(Output::Stdout));
         assert_eq!(out("stderr"), Ok(Output::Stderr));
         assert_eq!(out("off"), Ok(Output::Off));
