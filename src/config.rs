@@ -194,6 +194,12 @@ impl Config {
         if self.auth.issuers.is_empty() {
             w.push("no trusted issuer is configured: every hook call will get 401".into());
         }
+        if self.audit.output.trim() == "off" {
+            w.push(
+                "audit.output is off: decisions, feedback and refused tokens are not audited"
+                    .into(),
+            );
+        }
         if self.fhir.allow_plain_http {
             w.push(
                 "fhir.allow_plain_http is set: FHIR access tokens may travel unencrypted".into(),

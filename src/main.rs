@@ -42,6 +42,18 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Print the keyed hash a patient has in the audit stream and the store (needs the
+    /// deployment's store.patient_key), to find a patient's decisions in the audit log.
+    HashPatient {
+        /// The issuer (iss) of the EHR that sent the patient's hook calls.
+        #[arg(long)]
+        issuer: String,
+        /// The issuer's tenant, when its configuration names one.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// context.patientId as the EHR sends it.
+        patient_id: String,
+    },
     /// Probe a running service's /healthz (for container probes); exit 0 when healthy.
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
@@ -78,6 +90,11 @@ fn main() -> ExitCode {
         Command::CheckConfig => return check_config(cli.config.as_deref()),
         Command::Serve { listen } => return serve(cli.config.as_deref(), *listen),
         Command::Healthcheck { url } => return healthcheck(url),
+        Command::HashPatient {
+            issuer,
+            tenant,
+            patient_id,
+        } => return hash_patient(cli.config.as_deref(), issuer, tenant.as_deref(), patient_id),
         _ => {}
     }
     let kb = match knowledge_files::load(cli.knowledge.as_deref()) {
@@ -88,9 +105,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig | Command::Serve { .. } | Command::Healthcheck { .. } => {
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig
+        | Command::Serve { .. }
+        | Command::Healthcheck { .. }
+        | Command::HashPatient { .. } => ExitCode::SUCCESS,
         Command::CheckKnowledge => print_out(&format!("knowledge ok: {}", kb.summary())),
         Command::Evaluate {
             request,
@@ -231,6 +249,29 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
             .unwrap_or("(none: aud from the Host header)"),
         config.auth.issuers.len()
     ))
+}
+
+fn hash_patient(
+    file: Option<&std::path::Path>,
+    issuer: &str,
+    tenant: Option<&str>,
+    patient_id: &str,
+) -> ExitCode {
+    let config = match load_config(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let key = &config.store.patient_key.0;
+    if key.is_empty() {
+        // A random key per process: nothing this command prints would match.
+        eprintln!(
+            "offramp: store.patient_key is not set (OFFRAMP__STORE__PATIENT_KEY): the service hashes with a random key per process"
+        );
+        return ExitCode::from(2);
+    }
+    let hasher = offramp::store::PatientHasher::new(key.as_bytes());
+    let reference = offramp::hooks::answers::patient_ref(issuer, tenant, patient_id);
+    print_out(&hasher.hash(&reference))
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {

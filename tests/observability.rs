@@ -41,7 +41,15 @@ async fn audit_and_metrics_follow_decisions_feedback_and_refusals() {
     })
     .expect("logging");
 
-    let app = spawn_app_with(Default::default()).await;
+    let key = "audit-test-patient-key-0123456789abcdef";
+    let app = spawn_app_with(support::app::Setup {
+        store: offramp::store::StoreSettings {
+            patient_key: offramp::store::Secret(key.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
     let hook = "/cds-services/offramp-order-sign";
     let body = request();
     let r = app.post(hook, &body, "application/json", true).await;
@@ -124,6 +132,14 @@ async fn audit_and_metrics_follow_decisions_feedback_and_refusals() {
     assert!(d["span"]["request_id"].is_string(), "{d}");
     let patient = d["patient"].as_str().expect("patient hash");
     assert!(patient.len() == 32 && patient.bytes().all(|b| b.is_ascii_hexdigit()));
+    // An auditor finds the patient's lines with the deployment's key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_offramp"))
+        .args(["hash-patient", "--issuer", support::app::ISS, PATIENT_ID])
+        .env("OFFRAMP__STORE__PATIENT_KEY", key)
+        .output()
+        .expect("offramp hash-patient");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), patient);
     let uuids: Vec<&str> = cards.iter().filter_map(|c| c["uuid"].as_str()).collect();
     assert_eq!(d["cards"], uuids.join(","));
     assert!(
