@@ -181,3 +181,13 @@ async fn a_fhir_ca_file_must_hold_a_certificate() {
     std::fs::write(dir.join("hospital-ca.pem"), "not a certificate").expect("write");
     assert!(offramp::fhir::FhirClient::new(&c.fhir).is_err());
 }
+
+#[test]
+fn the_code_defaults_of_the_server_limits_are_base_toml_s() {
+    // Tests and embedders use Limits::default(); the service uses the configuration's.
+    let c = Config::load(None, &[]).expect("defaults");
+    assert_eq!(
+        format!("{:?}", offramp::http::Limits::from(&c.server)),
+        format!("{:?}", offramp::http::Limits::default())
+    );
+}
