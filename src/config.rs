@@ -112,6 +112,12 @@ impl Config {
         {
             config.fhir.ca_file = Some(dir.join(p));
         }
+        if let Some(dir) = file.and_then(Path::parent)
+            && let Some(p) = &config.store.redis.ca_file
+            && p.is_relative()
+        {
+            config.store.redis.ca_file = Some(dir.join(p));
+        }
         config.validate()?;
         Ok(config)
     }

@@ -236,6 +236,16 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         eprintln!("offramp: configuration: {e}");
         return ExitCode::from(2);
     }
+    // What serve builds at start from the settings alone (Redis URLs and TLS roots, the FHIR
+    // client's CA); nothing connects.
+    let built = runtime.block_on(async {
+        offramp::store::build(&config.store, std::time::Duration::from_secs(1))?;
+        offramp::fhir::FhirClient::new(&config.fhir).map(|_| ())
+    });
+    if let Err(e) = built {
+        eprintln!("offramp: configuration: {e}");
+        return ExitCode::from(2);
+    }
     for w in config.warnings() {
         eprintln!("warning: {w}");
     }

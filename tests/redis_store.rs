@@ -449,3 +449,69 @@ async fn a_redis_cluster_keeps_the_contract_across_nodes() {
     let keys = cluster.keys();
     assert!(keys.iter().all(|k| k.starts_with("c:")), "{keys:?}");
 }
+
+#[tokio::test]
+async fn rediss_is_verified_and_a_private_ca_can_be_given() {
+    let dir = std::env::temp_dir().join(format!("offramp-redis-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let (cert, key) = (dir.join("ca.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
+    let redis = RedisServer::start_tls(&cert, &key);
+    assert!(redis.url().starts_with("rediss://"));
+
+    // The private CA given: the whole store works over TLS.
+    let trusting = RedisStore::new(
+        &RedisSettings {
+            ca_file: Some(cert.clone()),
+            ..settings(&redis)
+        },
+        Duration::from_secs(DAY),
+    )
+    .expect("store");
+    assert_eq!(trusting.health().await, StoreHealth::Ok);
+    contract(&trusting).await;
+    assert_eq!(redis.cli(&["XLEN", "t:{feedback}:stream"]).trim(), "1");
+
+    // Without it the certificate is not trusted: no command gets through, hook calls would
+    // see a degraded store, never a plain-text fallback.
+    let strict = RedisStore::new(&settings(&redis), Duration::from_secs(DAY)).expect("store");
+    assert_eq!(strict.health().await, StoreHealth::Degraded);
+    assert!(strict.get_calendar("x").await.is_err());
+
+    // A CA beside a plain redis:// URL is a mistake, refused at start (and by check-config).
+    let plain = RedisSettings {
+        url: "redis://127.0.0.1:6379/0".into(),
+        ca_file: Some(cert.clone()),
+        ..RedisSettings::default()
+    };
+    let refused = RedisStore::new(&plain, Duration::from_secs(DAY)).err();
+    assert!(refused.is_some_and(|e| e.contains("rediss://")));
+    let toml = dir.join("offramp.toml");
+    std::fs::write(
+        &toml,
+        "[store]\nbackend = \"redis\"\npatient_key = \"patient-key-for-tests-0123456789abcdef\"\n\
+         [store.redis]\nurl = \"redis://127.0.0.1:6379/0\"\nca_file = \"ca.pem\"\n",
+    )
+    .expect("write");
+    let check = |extra: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_offramp"))
+            .args(["check-config", "--config"])
+            .arg(&toml)
+            .envs(extra.iter().copied())
+            .output()
+            .expect("offramp")
+    };
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rediss://"));
+    // The same file with a rediss:// URL: ca_file is found beside the config file.
+    let out = check(&[("OFFRAMP__STORE__REDIS__URL", redis.url().as_str())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use serde::Deserialize;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,11 @@ use std::time::Duration;
 pub struct RedisSettings {
     /// redis://[user:password@]host:port/db, or rediss:// for TLS.
     pub url: String,
-    /// Redis Cluster seed nodes (redis:// URLs); when set, `url` is not used.
+    /// Redis Cluster seed nodes (redis:// or rediss:// URLs); when set, `url` is not used.
     pub cluster_nodes: Vec<String>,
+    /// Root certificates (PEM) for a rediss:// Redis signed by a private CA, instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key, so several deployments can share one Redis.
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
@@ -44,6 +48,7 @@ impl Default for RedisSettings {
         RedisSettings {
             url: "redis://127.0.0.1:6379/0".into(),
             cluster_nodes: vec![],
+            ca_file: None,
             key_prefix: "offramp:".into(),
             connect_timeout_ms: 250,
             response_timeout_ms: 150,
@@ -123,6 +128,36 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The CA of `ca_file`, for rediss:// URLs only: a CA beside a plain redis:// URL would
+/// suggest an encryption that is not there.
+fn tls_roots(settings: &RedisSettings) -> Result<Option<redis::TlsCertificates>, String> {
+    let Some(path) = &settings.ca_file else {
+        return Ok(None);
+    };
+    let urls: Vec<&str> = if settings.cluster_nodes.is_empty() {
+        vec![settings.url.as_str()]
+    } else {
+        settings.cluster_nodes.iter().map(String::as_str).collect()
+    };
+    if urls.iter().any(|u| !u.starts_with("rediss://")) {
+        return Err(
+            "store.redis.ca_file is set, but the Redis URLs are not all rediss:// (TLS)".into(),
+        );
+    }
+    let pem =
+        std::fs::read(path).map_err(|e| format!("store.redis.ca_file {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "store.redis.ca_file {}: no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
 pub struct RedisStore {
     conn: Conn,
     breaker: Breaker,
@@ -140,9 +175,13 @@ impl RedisStore {
         }
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+        let roots = tls_roots(settings)?;
         let conn = if settings.cluster_nodes.is_empty() {
-            let client = redis::Client::open(settings.url.as_str())
-                .map_err(|e| format!("store.redis.url: {e}"))?;
+            let client = match roots {
+                Some(certs) => redis::Client::build_with_tls(settings.url.as_str(), certs),
+                None => redis::Client::open(settings.url.as_str()),
+            }
+            .map_err(|e| format!("store.redis.url: {e}"))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout))
@@ -153,8 +192,13 @@ impl RedisStore {
                     .map_err(|e| format!("store.redis: {e}"))?,
             )
         } else {
-            let client = redis::cluster::ClusterClientBuilder::new(settings.cluster_nodes.clone())
-                .retries(1)
+            let mut builder =
+                redis::cluster::ClusterClientBuilder::new(settings.cluster_nodes.clone())
+                    .retries(1);
+            if let Some(certs) = roots {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .build()
                 .map_err(|e| format!("store.redis.cluster_nodes: {e}"))?;
             let config = redis::cluster::ClusterConfig::new()

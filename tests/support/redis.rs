@@ -11,6 +11,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The append-only file's directory, when persistent; removed on drop.
     dir: Option<PathBuf>,
+    /// TLS only (no plain port): the certificate (also its own CA) and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -26,6 +28,19 @@ impl RedisServer {
             port: free_port(),
             child: None,
             dir: None,
+            tls: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// TLS only, with this certificate (self-signed for 127.0.0.1) and key.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: None,
+            tls: Some((cert.to_path_buf(), key.to_path_buf())),
         };
         r.restart();
         r
@@ -40,13 +55,19 @@ impl RedisServer {
             port: free_port(),
             child: None,
             dir: Some(dir),
+            tls: None,
         };
         r.restart();
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts it again on the same port: empty, or, when persistent, with what it had
@@ -54,7 +75,26 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some((cert, key)) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(cert),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--protected-mode", "yes"]);
         match &self.dir {
             None => cmd.args(["--appendonly", "no"]),
@@ -87,8 +127,11 @@ impl RedisServer {
 
     /// A redis-cli command against this server; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        if let Some((cert, _)) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(cert);
+        }
+        cmd.args(["-p", &self.port.to_string()])
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
