@@ -96,27 +96,22 @@ impl Config {
         let mut config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        // Relative JWKS files are relative to the file that names them.
+        // Relative files (JWKS, CAs) are relative to the file that names them.
         if let Some(dir) = file.and_then(Path::parent) {
-            for i in &mut config.auth.issuers {
-                if let Some(p) = &i.jwks_file
-                    && p.is_relative()
+            let beside = |p: &mut Option<PathBuf>| {
+                if let Some(joined) = p
+                    .as_deref()
+                    .filter(|p| p.is_relative())
+                    .map(|p| dir.join(p))
                 {
-                    i.jwks_file = Some(dir.join(p));
+                    *p = Some(joined);
                 }
+            };
+            for i in &mut config.auth.issuers {
+                beside(&mut i.jwks_file);
             }
-        }
-        if let Some(dir) = file.and_then(Path::parent)
-            && let Some(p) = &config.fhir.ca_file
-            && p.is_relative()
-        {
-            config.fhir.ca_file = Some(dir.join(p));
-        }
-        if let Some(dir) = file.and_then(Path::parent)
-            && let Some(p) = &config.store.redis.ca_file
-            && p.is_relative()
-        {
-            config.store.redis.ca_file = Some(dir.join(p));
+            beside(&mut config.fhir.ca_file);
+            beside(&mut config.store.redis.ca_file);
         }
         config.validate()?;
         Ok(config)

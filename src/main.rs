@@ -237,7 +237,7 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         return ExitCode::from(2);
     }
     // What serve builds at start from the settings alone (Redis URLs and TLS roots, the FHIR
-    // client's CA); nothing connects.
+    // client's CA); nothing waits for Redis or a FHIR server.
     let built = runtime.block_on(async {
         offramp::store::build(&config.store, std::time::Duration::from_secs(1))?;
         offramp::fhir::FhirClient::new(&config.fhir).map(|_| ())

@@ -567,13 +567,9 @@ async fn fetch_mode_latency_for_a_300_resource_patient() {
 
 #[tokio::test]
 async fn tls_is_verified_and_a_hospital_ca_can_be_added() {
-    let dir = std::env::temp_dir().join(format!("offramp-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
-    let (cert, key) = (dir.join("ca.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write");
-    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
-    let fhir = FhirServer::start_tls(TOKEN, &cert, &key);
+    let tls = support::TlsFiles::new();
+    let (cert, key) = (&tls.cert, &tls.key);
+    let fhir = FhirServer::start_tls(TOKEN, cert, key);
     assert!(fhir.base(None).starts_with("https://"));
     let req = benzo_order();
     fhir.load(&json!(prefetched_resources(&req))).await;

@@ -452,13 +452,9 @@ async fn a_redis_cluster_keeps_the_contract_across_nodes() {
 
 #[tokio::test]
 async fn rediss_is_verified_and_a_private_ca_can_be_given() {
-    let dir = std::env::temp_dir().join(format!("offramp-redis-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
-    let (cert, key) = (dir.join("ca.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write");
-    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
-    let redis = RedisServer::start_tls(&cert, &key);
+    let tls = support::TlsFiles::new();
+    let (dir, cert) = (&tls.dir, &tls.cert);
+    let redis = RedisServer::start_tls(cert, &tls.key);
     assert!(redis.url().starts_with("rediss://"));
 
     // The private CA given: the whole store works over TLS.
@@ -513,5 +509,4 @@ async fn rediss_is_verified_and_a_private_ca_can_be_given() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,6 +59,32 @@ impl Key {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1 (its own CA) and its key, as PEM files in a
+/// temporary directory of their own, removed on drop.
+pub struct TlsFiles {
+    pub dir: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    pub fn new() -> TlsFiles {
+        let dir = std::env::temp_dir().join(format!("offramp-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+        let (cert, key) = (dir.join("ca.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).expect("write");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
+        TlsFiles { dir, cert, key }
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub fn jwks(keys: &[&Key]) -> String {
     serde_json::to_string(&JwkSet {
         keys: keys.iter().map(|k| k.jwk()).collect(),

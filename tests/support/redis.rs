@@ -24,26 +24,12 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            child: None,
-            dir: None,
-            tls: None,
-        };
-        r.restart();
-        r
+        Self::launch(None, None)
     }
 
     /// TLS only, with this certificate (self-signed for 127.0.0.1) and key.
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            child: None,
-            dir: None,
-            tls: Some((cert.to_path_buf(), key.to_path_buf())),
-        };
-        r.restart();
-        r
+        Self::launch(None, Some((cert.to_path_buf(), key.to_path_buf())))
     }
 
     /// Keeps every acknowledged write across a kill -9: `appendfsync always` writes and fsyncs
@@ -51,11 +37,15 @@ impl RedisServer {
     pub fn start_persistent() -> RedisServer {
         let dir = std::env::temp_dir().join(format!("offramp-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("redis dir");
+        Self::launch(Some(dir), None)
+    }
+
+    fn launch(dir: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)>) -> RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             child: None,
-            dir: Some(dir),
-            tls: None,
+            dir,
+            tls,
         };
         r.restart();
         r
